@@ -1,0 +1,59 @@
+// Package fusefs shows a store.Store as a flat directory of token files
+// through FUSE, in the shape HTCondor's read_secure_file expects: regular
+// files owned by the user, mode 0600, exact sizes, inode numbers and mtimes
+// that change only when content does.
+//
+// # Reads cost no round trip
+//
+// HTCondor tools read every token file on every command. The filesystem lets
+// the kernel answer all of it from its caches:
+//   - OPEN, OPENDIR and FLUSH answer ENOSYS once, after which the kernel never
+//     sends them again on this mount (fc->no_open, no_opendir, no_flush).
+//     Without an open there is no file handle: reads, writes and readdir use
+//     the inode alone.
+//   - Entries, negative entries and attributes are cached for Options.CacheTTL,
+//     file pages are kept (the kernel's no-open default is FOPEN_KEEP_CACHE),
+//     and directory listings are cached (FOPEN_CACHE_DIR, also a no-open
+//     default).
+//
+// # Invalidation
+//
+// Because the kernel answers from caches, every change must be pushed to it.
+// The store reports each change (store.OnChange); the notifier goroutine
+// turns it into NotifyEntry / NotifyDelete / NotifyContent calls, including
+// the directory itself (its listing cache) and the page cache of a removed
+// file (an open descriptor must not keep reading a hidden token). Writes
+// through the mount also drop the written inode's pages: the kernel caches
+// what the writer wrote, and that is not what the file holds until a draft
+// is committed.
+//
+// # Writes
+//
+// With no open and no flush the kernel never says when a writer is done with
+// an existing file. So each inode being written has a draft (in secmem): WRITE
+// and truncation change the draft, and after each change the draft is
+// checked (token.CheckDraft):
+//   - complete, with at least one token: it replaces the file's content at once,
+//     atomically for readers;
+//   - bad (a line that is not a token): the write fails with EINVAL, the draft
+//     is dropped and the file keeps its previous content;
+//   - still pending (empty after truncation, a token half written): readers
+//     keep seeing the previous content; the draft is dropped with a log line
+//     after Options.DraftTimeout without writes, or when a writer closes a
+//     file it created.
+//
+// # Locking
+//
+// FS.mu guards the drafts and the directory mtime. The store has its own lock;
+// FS.mu may be held while calling the store, never the other way round (the
+// store calls listeners after unlocking). Notify* is only called from the
+// notifier goroutine, with no lock held and never inside a request handler:
+// the kernel may hold locks that wait for the very request being served.
+//
+// # Access
+//
+// Without allow_other the kernel admits only processes whose uids are all the
+// mount owner's. Every request that reaches the filesystem is checked again
+// (owner, or root when Options.AllowRoot is set, for HTCondor's per-user
+// flocking).
+package fusefs

@@ -1,0 +1,89 @@
+package fusefs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// detach lazily unmounts dir: directly as root, else with fusermount3.
+func detach(dir string) error {
+	if os.Geteuid() == 0 {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("could not unmount %s: %w", dir, err)
+		}
+		return nil
+	}
+	out, err := exec.Command("fusermount3", "-u", "-z", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("could not unmount %s: fusermount3 -u -z: %s: %w", dir, strings.TrimSpace(string(out)), err)
+	}
+	return nil
+}
+
+// RecoverStale detaches a dead FUSE mount at dir: a killed agent leaves its
+// mount behind, and every access then fails with ENOTCONN. It reports whether
+// there was one. A live mount is left alone.
+func RecoverStale(dir string) (bool, error) {
+	_, err := os.Stat(dir)
+	if !errors.Is(err, unix.ENOTCONN) {
+		return false, nil
+	}
+	if err := detach(dir); err != nil {
+		return true, fmt.Errorf("%s holds a dead mount (transport endpoint is not connected): %w", dir, err)
+	}
+	return true, nil
+}
+
+// Mounted reports whether dir is a mount point of a tokend filesystem.
+func Mounted(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		// 4: mount point; after " - ": fs type, source.
+		if len(f) < 10 || unescape(f[4]) != dir {
+			continue
+		}
+		for i, x := range f {
+			if x == "-" && i+2 < len(f) {
+				return strings.HasPrefix(f[i+1], "fuse") && f[i+2] == "tokend"
+			}
+		}
+	}
+	return false
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v byte
+			ok := true
+			for _, c := range s[i+1 : i+4] {
+				if c < '0' || c > '7' {
+					ok = false
+					break
+				}
+				v = v*8 + byte(c-'0')
+			}
+			if ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

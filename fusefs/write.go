@@ -1,0 +1,268 @@
+package fusefs
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/tokend/tokend/secmem"
+	"github.com/tokend/tokend/token"
+)
+
+// draft is the content of one inode while it is being written.
+type draft struct {
+	buf   *secmem.Buffer // capacity; the draft is buf.Bytes()[:n]
+	n     int
+	timer *time.Timer // drops the draft when writes stop
+}
+
+func (d *draft) bytes() []byte { return d.buf.Bytes()[:d.n] }
+
+func (d *draft) drop() {
+	d.timer.Stop()
+	d.buf.Wipe()
+}
+
+// resize makes the draft n bytes long, zero-filling growth.
+func (d *draft) resize(n int) error {
+	if n > d.buf.Len() {
+		nb, err := secmem.New(max(n, 2*d.buf.Len()))
+		if err != nil {
+			return err
+		}
+		copy(nb.Bytes(), d.bytes())
+		d.buf.Wipe()
+		d.buf = nb
+	}
+	if n < d.n {
+		clear(d.buf.Bytes()[n:d.n])
+	}
+	d.n = n
+	return nil
+}
+
+// draftLocked returns the inode's draft, starting one from the file's
+// committed content if there is none. fs.mu must be held.
+func (fs *FS) draftLocked(ino uint64, name string) (*draft, fuse.Status) {
+	if d := fs.drafts[ino]; d != nil {
+		return d, fuse.OK
+	}
+	content, err := fs.store.Content(ino)
+	if err != nil {
+		return nil, errno(err)
+	}
+	d := &draft{buf: content, n: content.Len()}
+	d.timer = time.AfterFunc(fs.opt.DraftTimeout, func() { fs.expire(ino, name, d) })
+	fs.drafts[ino] = d
+	return d, fuse.OK
+}
+
+// expire drops a draft that stayed incomplete.
+func (fs *FS) expire(ino uint64, name string, d *draft) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.drafts[ino] != d {
+		return
+	}
+	fs.dropDraftLocked(ino)
+	fs.log.Warn("dropped an incomplete write: no complete token arrived; the file keeps its previous content", "name", name)
+}
+
+func (fs *FS) dropDraftLocked(ino uint64) {
+	if d := fs.drafts[ino]; d != nil {
+		d.drop()
+		delete(fs.drafts, ino)
+	}
+	// The kernel cached what the writer wrote; make it ask again.
+	fs.notes.invalidate(ino)
+}
+
+// settleLocked checks the draft after a change: commit it, refuse it, or
+// keep waiting.
+func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
+	state, err := token.CheckDraft(d.bytes())
+	switch {
+	case state == token.DraftBad:
+		fs.dropDraftLocked(ino)
+		fs.log.Warn("refused a write: not a token file; the file keeps its previous content", "name", name, "reason", err.Error())
+		return fuse.EINVAL
+	case state == token.DraftPending || !hasToken(d.bytes()):
+		d.timer.Reset(fs.opt.DraftTimeout)
+		fs.notes.invalidate(ino)
+		return fuse.OK
+	}
+	_, err = fs.store.Replace(ino, d.bytes(), fs.opt.Check)
+	fs.dropDraftLocked(ino)
+	if err != nil {
+		fs.log.Warn("refused a write", "name", name, "reason", err.Error())
+		return errno(err)
+	}
+	return fuse.OK
+}
+
+// hasToken reports whether complete content holds at least one token line:
+// a file is never emptied of its tokens by a write that is still going on.
+func hasToken(content []byte) bool {
+	lines, err := token.ParseFile(content)
+	if err != nil {
+		return false
+	}
+	for _, l := range lines {
+		if l.Kind == token.TokenLine {
+			return true
+		}
+	}
+	return false
+}
+
+// Write changes the inode's draft.
+func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	if !fs.allowed(&in.Caller) {
+		return 0, fuse.EACCES
+	}
+	name, _, ok := fs.store.Stat(in.NodeId)
+	if !ok {
+		return 0, fuse.ENOENT
+	}
+	end := int64(in.Offset) + int64(len(data))
+	if end > int64(fs.store.Limits().MaxFileSize) {
+		fs.log.Warn("refused a write: file too big", "name", name, "size", end)
+		return 0, fuse.Status(syscall.EFBIG)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	d, st := fs.draftLocked(in.NodeId, name)
+	if st != fuse.OK {
+		return 0, st
+	}
+	if int(end) > d.n {
+		if err := d.resize(int(end)); err != nil {
+			return 0, fuse.Status(syscall.ENOMEM)
+		}
+	}
+	copy(d.bytes()[in.Offset:], data)
+	if st := fs.settleLocked(in.NodeId, name, d); st != fuse.OK {
+		return 0, st
+	}
+	return uint32(len(data)), fuse.OK
+}
+
+// truncate is ftruncate/O_TRUNC: it changes the draft like a write.
+func (fs *FS) truncate(ino uint64, name string, size uint64) fuse.Status {
+	if size > uint64(fs.store.Limits().MaxFileSize) {
+		return fuse.Status(syscall.EFBIG)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	d, st := fs.draftLocked(ino, name)
+	if st != fuse.OK {
+		return st
+	}
+	if err := d.resize(int(size)); err != nil {
+		return fuse.Status(syscall.ENOMEM)
+	}
+	return fs.settleLocked(ino, name, d)
+}
+
+// Create makes a new, empty file (mode 0600 whatever was asked) and opens it.
+func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
+	if !fs.allowed(&in.Caller) {
+		return fuse.EACCES
+	}
+	if in.NodeId != rootIno {
+		return fuse.ENOTDIR
+	}
+	a, err := fs.store.Create(name)
+	if err != nil {
+		fs.log.Warn("refused to create a token file", "name", name, "reason", err.Error())
+		return errno(err)
+	}
+	fs.entryOut(a, &out.EntryOut)
+	fs.mu.Lock()
+	fs.lastFh++
+	fs.created[fs.lastFh] = a.Ino
+	out.Fh = fs.lastFh
+	fs.mu.Unlock()
+	// The creator's writes skip the page cache: until they are committed
+	// they are not the file's content.
+	out.OpenFlags = fuse.FOPEN_DIRECT_IO
+	return fuse.OK
+}
+
+// Mknod makes an empty regular file; nothing else may live here.
+func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
+	if !fs.allowed(&in.Caller) {
+		return fuse.EACCES
+	}
+	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		fs.log.Warn("refused mknod: token files must be regular files", "name", name)
+		return fuse.EPERM
+	}
+	a, err := fs.store.Create(name)
+	if err != nil {
+		return errno(err)
+	}
+	fs.entryOut(a, out)
+	return fuse.OK
+}
+
+// Release ends a handle from Create: a write still pending is dropped now
+// rather than at the timeout (its writer is done).
+func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	ino, ok := fs.created[in.Fh]
+	if !ok {
+		return
+	}
+	delete(fs.created, in.Fh)
+	if fs.drafts[ino] != nil {
+		name, _, _ := fs.store.Stat(ino)
+		fs.dropDraftLocked(ino)
+		fs.log.Warn("dropped an incomplete write at close: no complete token arrived", "name", name)
+	}
+}
+
+// Unlink removes a file; the store zeroes its bytes.
+func (fs *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	if !fs.allowed(&h.Caller) {
+		return fuse.EACCES
+	}
+	a, ok := fs.store.Lookup(name)
+	if !ok {
+		return fuse.ENOENT
+	}
+	fs.mu.Lock()
+	if fs.drafts[a.Ino] != nil {
+		fs.dropDraftLocked(a.Ino)
+	}
+	fs.mu.Unlock()
+	return errno(fs.store.Remove(name))
+}
+
+// Rename moves a file, replacing the target unless RENAME_NOREPLACE.
+func (fs *FS) Rename(cancel <-chan struct{}, in *fuse.RenameIn, from, to string) fuse.Status {
+	if !fs.allowed(&in.Caller) {
+		return fuse.EACCES
+	}
+	if in.NodeId != rootIno || in.Newdir != rootIno {
+		return fuse.Status(syscall.EXDEV)
+	}
+	const renameNoReplace = 1 // RENAME_NOREPLACE
+	if in.Flags&^renameNoReplace != 0 {
+		return fuse.EINVAL // exchange and whiteout are not supported
+	}
+	if a, ok := fs.store.Lookup(to); ok {
+		fs.mu.Lock()
+		if fs.drafts[a.Ino] != nil {
+			fs.dropDraftLocked(a.Ino)
+		}
+		fs.mu.Unlock()
+	}
+	err := fs.store.Rename(from, to, in.Flags&renameNoReplace != 0)
+	if err != nil {
+		fs.log.Warn("refused rename", "from", from, "to", to, "reason", err.Error())
+	}
+	return errno(err)
+}

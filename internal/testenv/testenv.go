@@ -1,0 +1,217 @@
+// Package testenv is what the project's tests share: the test users, built
+// binaries runnable by those users, directories they can reach, polling with
+// a deadline, and the end-of-run check that nothing was left behind.
+//
+// The tests run as root (CI does; `make test` says so): only root can act as
+// the ordinary users that FUSE's access rules are about. .ci/setup creates
+// the users. A missing prerequisite fails the test with what to do; nothing
+// is skipped quietly.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The ordinary users the tests act as; .ci/setup creates them.
+const (
+	UserName  = "tokend-test"
+	OtherName = "tokend-other"
+)
+
+// User is a local account.
+type User struct {
+	Name     string
+	UID, GID int
+	Home     string
+}
+
+// RequireRoot fails the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test acts as other users and mounts FUSE filesystems: run it as root (sudo make test), after .ci/setup")
+	}
+}
+
+// Lookup returns a test user, failing the test if it does not exist.
+func Lookup(t testing.TB, name string) User {
+	t.Helper()
+	RequireRoot(t)
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatalf("test user %s is missing (%v): run .ci/setup as root to create it", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return User{Name: u.Username, UID: uid, GID: gid, Home: u.HomeDir}
+}
+
+// RequireFUSE fails the test unless FUSE mounts can be made by ordinary users.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		t.Fatal("fusermount3 is missing: apt-get install -y fuse3 (.ci/setup does)")
+	}
+	st, err := os.Stat("/dev/fuse")
+	if err != nil {
+		t.Fatalf("/dev/fuse: %v: load the fuse module", err)
+	}
+	if st.Mode().Perm()&0o006 != 0o006 {
+		t.Fatal("/dev/fuse is not usable by ordinary users: chmod 666 /dev/fuse (.ci/setup does)")
+	}
+}
+
+// Dir returns a new directory owned by u (mode 0700) that u can reach: its
+// parent is traversable by everyone. It is removed at the end of the test.
+func Dir(t testing.TB, u User) string {
+	t.Helper()
+	parent, err := os.MkdirTemp("", "tokend-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(parent); err != nil {
+			t.Errorf("cleanup: %v (a mount left behind?)", err)
+		}
+	})
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(parent, "d")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, u.UID, u.GID); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Command returns cmd prepared to run as u with a clean environment.
+func Command(u User, name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: []uint32{uint32(u.GID)}},
+		Setpgid:    true,
+	}
+	cmd.Env = []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=" + u.Home,
+		"USER=" + u.Name,
+		"LOGNAME=" + u.Name,
+	}
+	if u.UID == 0 {
+		cmd.SysProcAttr.Credential = nil
+	}
+	return cmd
+}
+
+// Eventually polls cond every few milliseconds until it is true or the
+// deadline passes, then fails the test with what.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+var (
+	buildMu  sync.Mutex
+	buildDir string
+	built    = map[string]string{}
+)
+
+// Build compiles the main package at pkg (a path relative to the module
+// root, like "./cmd/tokend") once per test binary, with the race detector
+// when the test has it, into a directory every user can read and execute.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := built[pkg]; ok {
+		return bin
+	}
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "tokend-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		buildDir = d
+	}
+	bin := filepath.Join(buildDir, filepath.Base(pkg))
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Dir = ModuleRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	built[pkg] = bin
+	return bin
+}
+
+// ModuleRoot returns the directory holding go.mod.
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Main runs the tests, removes built binaries, and fails the run if a
+// tokend mount or a process started from a built binary is left behind.
+func Main(m *testing.M) {
+	code := m.Run()
+	if leaks := Leaks(); len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "tests left things behind:\n  %s\n", strings.Join(leaks, "\n  "))
+		code = 1
+	}
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// Leaks lists tokend FUSE mounts and processes running built binaries.
+func Leaks() []string {
+	var leaks []string
+	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if strings.Contains(line, " - fuse.tokend ") || strings.Contains(line, " - fuse tokend ") {
+				leaks = append(leaks, "mount: "+line)
+			}
+		}
+	}
+	if buildDir != "" {
+		procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+		for _, p := range procs {
+			exe, err := os.Readlink(p)
+			if err == nil && strings.HasPrefix(exe, buildDir+"/") {
+				leaks = append(leaks, "process: "+filepath.Base(filepath.Dir(p))+" "+exe)
+			}
+		}
+	}
+	return leaks
+}
