@@ -1,0 +1,93 @@
+package token
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Claims describes a token for [Sign].
+type Claims struct {
+	Issuer   string        // iss: the pool's TRUST_DOMAIN
+	Subject  string        // sub: user@domain
+	Authz    []string      // e.g. READ, WRITE; becomes scope "condor:/READ condor:/WRITE"; empty means unlimited
+	Lifetime time.Duration // exp = iat + Lifetime, rounded up to a second; 0 means no exp
+	IssuedAt time.Time     // iat; zero means now
+}
+
+// Sign makes a token the way condor_token_create does, byte for byte for
+// ordinary values: header {"alg":"HS256","kid":"<kid>"} with no typ; payload
+// members in sorted order: exp (only with a lifetime), iat, iss, jti (32
+// random hex digits), scope (only with Authz), sub; '/' written as "\/" as
+// HTCondor's JSON writer does. kid "" means [PoolKeyName]. key is the
+// derived key ([DeriveKey]), not the key file.
+func Sign(c Claims, kid string, key []byte) ([]byte, error) {
+	var id [16]byte
+	rand.Read(id[:]) // never fails: crypto/rand crashes the program instead
+	return sign(c, kid, key, hex.EncodeToString(id[:]))
+}
+
+func sign(c Claims, kid string, key []byte, jti string) ([]byte, error) {
+	if kid == "" {
+		kid = PoolKeyName
+	}
+	switch {
+	case !plainName(kid):
+		return nil, fmt.Errorf("token: sign: key name %q is not a plain file name", kid)
+	case c.Issuer == "":
+		return nil, fmt.Errorf("token: sign: no issuer")
+	case c.Subject == "":
+		return nil, fmt.Errorf("token: sign: no subject")
+	case c.Lifetime < 0:
+		return nil, fmt.Errorf("token: sign: negative lifetime")
+	case len(key) == 0:
+		return nil, fmt.Errorf("token: sign: empty key")
+	}
+	iat := c.IssuedAt
+	if iat.IsZero() {
+		iat = time.Now()
+	}
+	claims := jwt.MapClaims{"iat": iat.Unix(), "iss": c.Issuer, "jti": jti, "sub": c.Subject}
+	if c.Lifetime > 0 {
+		claims["exp"] = iat.Unix() + int64((c.Lifetime+time.Second-1)/time.Second)
+	}
+	if len(c.Authz) > 0 {
+		scopes := make([]string, len(c.Authz))
+		for i, a := range c.Authz {
+			if a == "" || strings.ContainsFunc(a, unicode.IsSpace) {
+				return nil, fmt.Errorf("token: sign: authz %q is empty or has a space", a)
+			}
+			scopes[i] = "condor:/" + a
+		}
+		claims["scope"] = strings.Join(scopes, " ")
+	}
+	t := jwt.NewWithClaims(jwt.SigningMethodHS256, condorClaims{claims})
+	delete(t.Header, "typ") // condor_token_create writes none
+	t.Header["kid"] = kid
+	s, err := t.SignedString(key)
+	if err != nil {
+		return nil, fmt.Errorf("token: sign: %w", err)
+	}
+	return []byte(s), nil
+}
+
+// condorClaims marshals like HTCondor's JSON writer (picojson), which
+// escapes '/' as "\/": condor_token_create writes scope as
+// "condor:\/READ". Outside strings JSON has no '/', so a plain replace is
+// exact.
+type condorClaims struct{ jwt.MapClaims }
+
+func (c condorClaims) MarshalJSON() ([]byte, error) {
+	b, err := json.Marshal(c.MapClaims)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.ReplaceAll(b, []byte("/"), []byte(`\/`)), nil
+}
