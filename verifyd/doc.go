@@ -1,0 +1,74 @@
+// Package verifyd is the key-verification service: it holds the pool's derived signing keys, watches the key files, and tells agents whether a token's signature is good with the current key.
+//
+// Users' agents cannot read the pool's signing keys (root-owned, mode 0600).
+// verifyd, `tokend verifyd`, runs as root (or as the user owning the keys),
+// reads SEC_PASSWORD_DIRECTORY and the POOL key file, derives the HMAC keys
+// as HTCondor does ([token.DeriveKey]) and answers over a Unix socket,
+// [DefaultSocket], that any local user may connect to.
+//
+// # Wire
+//
+// HTTP/1.1 with JSON bodies over the Unix socket, versioned paths:
+//
+//	POST /v1/verify      {"token": "<jwt>"} (at most 16 KiB)
+//	                     -> 200 {"reason": "" | "rotated-key" | "unknown-key" | "expired" | "malformed", "generation": N}
+//	GET  /v1/generation  -> 200 {"generation": N}
+//	GET  /v1/changes?after=N
+//	                     -> long poll: 200 {"generation": M} as soon as M != N,
+//	                        or after PollTimeout (30 s) with the current value
+//
+// Errors are non-2xx with {"code": "...", "message": "..."}: 400
+// bad-request (not a JSON object with a token string, bad ?after), 404
+// not-found, 405 method-not-allowed (with Allow), 413 too-large, 429
+// rate-limited or too-many-connections (with Retry-After).
+//
+// # Verdicts
+//
+// The checks run in this order, and the first failure is the reason:
+// structure (malformed), kid (unknown-key; a key file that exists but is
+// refused for its owner or mode counts as absent, as in HTCondor), signature
+// (rotated-key: the key of that name changed, or the token was altered),
+// then exp with no margin (expired; HTCondor servers allow no leeway).
+// The signature comes before the time so that claims are trusted only when
+// they are authentic; HTCondor's vectors accept either reason when both
+// fail. nbf, the issuer and revocation are the agent's business.
+// Signatures are compared with hmac.Equal (constant time), and key sets with
+// subtle.ConstantTimeCompare.
+//
+// # Keys and generations
+//
+// Every regular file in the password directory is a key named by its file
+// name; the pool key file is the key POOL (a file named POOL in the password
+// directory is ignored when the pool key file is elsewhere, as in HTCondor).
+// Derived keys live only in memory and are zeroed when replaced or removed
+// and when Serve returns; raw file bytes are zeroed right after deriving.
+// Files are read at start and again after file events, never per request.
+//
+// The generation is 1 after New and goes up by one whenever the set of
+// derived keys changes: a key added, removed, or replaced with different
+// bytes. Touching a key, rewriting the same bytes or a chmod that keeps it
+// usable does not move it. A chmod that makes a key unusable (group or
+// other bits), or a chown to another user, removes the key, as HTCondor
+// would refuse it, and that is a change.
+//
+// While Serve runs, fsnotify watches the password directory, its parent
+// (the directory removed and recreated, or renamed over) and the pool key's
+// directory. After the last event of a burst (30 ms, at most 200 ms under a
+// steady stream) everything is read again and compared; long polls answer
+// at once. A periodic reload every minute covers what inotify cannot see.
+//
+// # Abuse
+//
+// Each connection's peer uid is read once with SO_PEERCRED. Every request
+// costs one token of the uid's bucket (Options.Rate per second, Burst at
+// once); connections are limited per uid (64) and overall (4096). Header,
+// read, write and idle timeouts close slow or silent connections. The log
+// names kid, iss, sub, verdict and peer uid, never token or key bytes.
+//
+// # Clients
+//
+// [Client] is what agents use. Only a nil error carries a verdict: failures
+// to reach verifyd wrap [ErrUnavailable], error answers are
+// [*ServerError] (matching [ErrRateLimited] for 429 and [ErrUnavailable] for
+// 5xx).
+package verifyd

@@ -1,0 +1,256 @@
+package verifyd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/token"
+)
+
+const vectorsDir = "../token/testdata/htcondor-24.0"
+
+func TestMain(m *testing.M) {
+	harden = func() error { return nil } // leave the test process debuggable
+	os.Exit(m.Run())
+}
+
+// logBuf is a log destination safe for concurrent writes.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// sockDir returns a short directory for sockets (sun_path is 108 bytes;
+// t.TempDir paths with long test names do not fit).
+func sockDir(t testing.TB) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "vd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// copyKeys copies the key files of a testdata folder into dst with mode
+// 0600 (git does not keep modes).
+func copyKeys(t testing.TB, folder, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(vectorsDir, folder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".jwt") {
+			continue
+		}
+		writeKey(t, filepath.Join(dst, e.Name()), keyFile(t, folder, e.Name()))
+	}
+}
+
+func keyFile(t testing.TB, folder, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(vectorsDir, folder, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeKey(t testing.TB, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomKeyFile(t testing.TB) []byte {
+	b := make([]byte, 64)
+	rand.Read(b)
+	return b
+}
+
+// sign makes a token for kid signed with the key derived from file.
+func sign(t testing.TB, kid string, file []byte, lifetime time.Duration) []byte {
+	t.Helper()
+	key := token.DeriveKey(kid, file)
+	tok, err := token.Sign(token.Claims{Issuer: "example.org", Subject: "alice@example.org", Lifetime: lifetime}, kid, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+type testServer struct {
+	*Server
+	client *Client
+	socket string
+	logs   *logBuf
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start runs a Server on a fresh socket until the test ends. tweak, if not
+// nil, changes the server before Serve.
+func start(t *testing.T, o Options, tweak func(*Server)) *testServer {
+	t.Helper()
+	logs := &logBuf{}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tweak != nil {
+		tweak(s)
+	}
+	sock := filepath.Join(sockDir(t), "verify.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts := &testServer{Server: s, client: NewClient(sock), socket: sock, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	go func() { ts.done <- s.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-ts.done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("Serve did not return after its context ended")
+		}
+		ts.client.Close()
+		l.Close()
+	})
+	return ts
+}
+
+// fast are options without a practical rate limit, for tests that poll.
+func fast(dir string) Options { return Options{PasswordDir: dir, Rate: 1e6, Burst: 1e6} }
+
+func (ts *testServer) reason(t testing.TB, raw []byte) token.Reason {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := ts.client.Verify(ctx, raw)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	return r.Reason
+}
+
+func (ts *testServer) gen(t testing.TB) uint64 {
+	t.Helper()
+	g, err := ts.client.Generation(context.Background())
+	if err != nil {
+		t.Fatalf("Generation: %v", err)
+	}
+	if g != ts.Generation() {
+		t.Fatalf("client sees generation %d, server has %d", g, ts.Generation())
+	}
+	return g
+}
+
+// rawResp is one answer to a hand-made request.
+type rawResp struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r rawResp) code(t testing.TB) string {
+	t.Helper()
+	var e ErrorResponse
+	if err := json.Unmarshal(r.body, &e); err != nil {
+		t.Fatalf("error body %q is not JSON: %v", r.body, err)
+	}
+	return e.Code
+}
+
+// do sends a hand-made request over the socket. body may be an io.Reader
+// (sent chunked) or a []byte.
+func (ts *testServer) do(t testing.TB, method, path string, body any) rawResp {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", ts.socket)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	var rd io.Reader
+	switch b := body.(type) {
+	case []byte:
+		rd = bytes.NewReader(b)
+	case string:
+		rd = strings.NewReader(b)
+	case io.Reader:
+		rd = struct{ io.Reader }{b} // hide the length: chunked
+	}
+	req, err := http.NewRequest(method, "http://verifyd"+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rawResp{resp.StatusCode, resp.Header, b}
+}
+
+// isUnavailable reports whether err is a transport failure.
+func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

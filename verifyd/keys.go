@@ -1,0 +1,311 @@
+package verifyd
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/tokend/tokend/token"
+)
+
+// Timing of the key watcher.
+const (
+	// debounce is how long the watcher waits after the last file event
+	// before it reloads: an editor's or installer's burst of events
+	// becomes one reload.
+	debounce = 30 * time.Millisecond
+	// maxDelay bounds the wait under a steady stream of events, so a
+	// rotation is seen well within a second even then.
+	maxDelay = 200 * time.Millisecond
+	// resync reloads everything this often even without events: a safety
+	// net for what inotify cannot report (a symlinked key whose target
+	// changes, the parent of a watched directory replaced, a queue
+	// overflow).
+	resync = time.Minute
+	// resyncNoWatch is the reload period when inotify is unavailable.
+	resyncNoWatch = 2 * time.Second
+	// maxKeys bounds how many key files are held.
+	maxKeys = 4096
+)
+
+// readKeys reads and derives every key: each regular file in the password
+// directory under its file name, and the pool key file as POOL. Refused
+// files are logged (once per distinct problem) and left out. The error is
+// about the password directory itself (missing, not a directory, not
+// listable); the keys read so far are returned with it.
+func (s *Server) readKeys() (map[string][]byte, error) {
+	keys := map[string][]byte{}
+	seen := map[string]bool{}
+	refuse := func(path, kid, msg string) {
+		seen[path] = true
+		if s.refused[path] == msg {
+			return
+		}
+		s.refused[path] = msg
+		s.log.Warn("key file left out", "path", path, "kid", kid, "problem", msg)
+	}
+	load := func(path, kid string) {
+		file, err := token.ReadKeyFile(path, s.owner)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && kid != token.PoolKeyName:
+			return // removed since it was listed
+		case errors.Is(err, fs.ErrNotExist):
+			refuse(path, kid, fmt.Sprintf("pool key file %s does not exist: tokens with kid POOL get unknown-key until it appears", path))
+			return
+		case err != nil:
+			refuse(path, kid, err.Error()) // the error says how to fix it, and holds no key bytes
+			return
+		}
+		key := token.DeriveKey(kid, file)
+		clear(file)
+		if key == nil {
+			refuse(path, kid, "cannot derive a key from "+path)
+			return
+		}
+		if len(keys) >= maxKeys {
+			clear(key)
+			refuse(path, kid, fmt.Sprintf("more than %d key files in %s; this one is left out", maxKeys, s.dir))
+			return
+		}
+		delete(s.refused, path)
+		keys[kid] = key
+	}
+
+	load(s.pool, token.PoolKeyName)
+	ents, dirErr := os.ReadDir(s.dir)
+	if dirErr == nil {
+		for _, e := range ents {
+			name := e.Name()
+			path := filepath.Join(s.dir, name)
+			// kid POOL always means the pool key file; a file named
+			// POOL here is that file, or is not used (as in HTCondor).
+			if path == s.pool || name == token.PoolKeyName {
+				continue
+			}
+			if e.IsDir() {
+				continue
+			}
+			load(path, name)
+		}
+	} else {
+		msg := fmt.Sprintf("cannot list the password directory: %v: tokens of every kid but POOL get unknown-key until it is back", pathErr(dirErr))
+		refuse(s.dir, "", msg)
+	}
+	// Forget problems with files that are gone, so that they are logged
+	// again if they come back.
+	for path := range s.refused {
+		if !seen[path] {
+			delete(s.refused, path)
+		}
+	}
+	return keys, dirErr
+}
+
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// reload reads every key again and installs the result if, and only if, it
+// differs from the current set: then the generation goes up by one and
+// every waiting long poll is woken.
+func (s *Server) reload() {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	keys, _ := s.readKeys()
+
+	s.mu.Lock()
+	added, removed, changed := diffKeys(s.keys, keys)
+	if len(added)+len(removed)+len(changed) == 0 {
+		s.mu.Unlock()
+		zeroKeys(keys)
+		return
+	}
+	old := s.keys
+	s.keys = keys
+	gen := s.gen.Add(1)
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	zeroKeys(old)
+
+	s.log.Info("signing keys changed", "generation", gen, "keys", sortedNames(keys),
+		"added", added, "removed", removed, "replaced", changed)
+}
+
+// diffKeys compares two key sets by name and, for names in both, by the
+// derived bytes in constant time.
+func diffKeys(old, cur map[string][]byte) (added, removed, changed []string) {
+	for name, k := range cur {
+		o, ok := old[name]
+		switch {
+		case !ok:
+			added = append(added, name)
+		case subtle.ConstantTimeCompare(o, k) != 1:
+			changed = append(changed, name)
+		}
+	}
+	for name := range old {
+		if _, ok := cur[name]; !ok {
+			removed = append(removed, name)
+		}
+	}
+	slices.Sort(added)
+	slices.Sort(removed)
+	slices.Sort(changed)
+	return added, removed, changed
+}
+
+func zeroKeys(keys map[string][]byte) {
+	for name, k := range keys {
+		clear(k)
+		delete(keys, name)
+	}
+}
+
+func sortedNames(keys map[string][]byte) []string {
+	names := make([]string, 0, len(keys))
+	for name := range keys {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// watchDirs are the directories the watcher follows: the password
+// directory (its keys), its parent (the directory itself removed and
+// recreated, or renamed over) and the pool key's directory.
+func (s *Server) watchDirs() []string {
+	dirs := []string{s.dir, filepath.Dir(s.dir), filepath.Dir(s.pool)}
+	slices.Sort(dirs)
+	return slices.Compact(dirs)
+}
+
+// relevant reports whether an event on name can change the key set.
+func (s *Server) relevant(name string) bool {
+	name = filepath.Clean(name)
+	return name == s.dir || filepath.Dir(name) == s.dir ||
+		name == s.pool || name == filepath.Dir(s.pool)
+}
+
+// addWatches (re)adds every watch whose directory exists. Adding a watched
+// directory again is harmless; a directory that was removed and recreated
+// is a new inode and gets a new watch here.
+func (s *Server) addWatches(w *fsnotify.Watcher) {
+	for _, d := range s.watchDirs() {
+		err := w.Add(d)
+		msg := ""
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			msg = pathErr(err).Error()
+		}
+		if s.watchErr[d] != msg {
+			s.watchErr[d] = msg
+			if msg != "" {
+				s.log.Warn("cannot watch a key directory; changes are seen only by the periodic reload",
+					"dir", d, "error", msg, "reload_every", resync)
+			}
+		}
+	}
+}
+
+// watch follows the key files until ctx is done. It installs the watches
+// first and then reloads, so a change made before the watches existed is
+// not missed.
+func (s *Server) watch(ctx context.Context) {
+	every := resync
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		every = resyncNoWatch
+		s.log.Warn("cannot watch the key files (inotify); reloading them periodically instead",
+			"error", err, "every", every, "fix", "raise fs.inotify.max_user_instances")
+		w = nil
+	} else {
+		defer w.Close()
+		s.addWatches(w)
+	}
+	s.reload()
+
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w != nil {
+		events, errs = w.Events, w.Errors
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var pendingSince time.Time // first event not yet reloaded; zero if none
+
+	schedule := func() {
+		now := time.Now()
+		if pendingSince.IsZero() {
+			pendingSince = now
+		}
+		wait := min(debounce, maxDelay-now.Sub(pendingSince))
+		timer.Reset(max(wait, 0))
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if s.relevant(ev.Name) {
+				schedule()
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			// Typically a queue overflow: events were lost, so reload.
+			s.log.Warn("key watcher error; reloading the keys", "error", err)
+			schedule()
+		case <-timer.C:
+			pendingSince = time.Time{}
+			if w != nil {
+				s.addWatches(w)
+			}
+			s.reload()
+		case <-tick.C:
+			if w != nil {
+				s.addWatches(w)
+			}
+			s.reload()
+		}
+	}
+}
+
+// keyFor returns the current key of kid. The caller holds s.mu for reading
+// while it uses the key: a replaced key is zeroed under the write lock.
+func (s *Server) keyFor(kid string) ([]byte, bool) {
+	if kid == "" {
+		kid = token.PoolKeyName
+	}
+	k, ok := s.keys[kid]
+	return k, ok
+}
+
+// wipe zeroes every key; the server answers unknown-key afterwards.
+func (s *Server) wipe() {
+	s.mu.Lock()
+	zeroKeys(s.keys)
+	s.mu.Unlock()
+}
+
+func logKeys(keys map[string][]byte) slog.Attr { return slog.Any("keys", sortedNames(keys)) }
