@@ -1,0 +1,151 @@
+package fetch
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/token"
+)
+
+// testKeyFile returns the content of a scrambled POOL key file.
+func testKeyFile(t *testing.T) []byte {
+	t.Helper()
+	k := make([]byte, 64)
+	rand.Read(k)
+	return token.Scramble(k)
+}
+
+// testToken signs a real token for the stand-ins to print.
+func testToken(t *testing.T) []byte {
+	t.Helper()
+	key := token.DeriveKey("POOL", testKeyFile(t))
+	raw, err := token.Sign(token.Claims{
+		Issuer:   "pool.example",
+		Subject:  "alice@pool.example",
+		Lifetime: time.Hour,
+	}, "POOL", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// standIn is a shell script in its own directory, named like the HTCondor
+// tool it stands in for. In the script $D is that directory and the token
+// to print is in $D/token (with a newline). Before the body runs, the
+// script records its arguments in $D/argv, one a line, and its pid (also
+// its process group) in $D/pid, which appears complete or not at all.
+type standIn struct {
+	dir, path string
+}
+
+func newStandIn(t *testing.T, name, body string, tok []byte) standIn {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, name)
+	script := fmt.Sprintf(`#!/bin/sh
+D='%s'
+printf '%%s\n' "$@" > "$D/argv"
+echo $$ > "$D/pid.new" && mv "$D/pid.new" "$D/pid"
+%s
+`, dir, body)
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "token"), append(bytes.Clone(tok), '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return standIn{dir: dir, path: path}
+}
+
+// argv returns the arguments the stand-in recorded.
+func (s standIn) argv(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(s.dir, "argv"))
+	if err != nil {
+		t.Fatalf("stand-in did not record its arguments: %v", err)
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+}
+
+// pid returns the pid the stand-in recorded, which is also its process
+// group.
+func (s standIn) pid(t *testing.T) int {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(s.dir, "pid"))
+	if err != nil {
+		t.Fatalf("stand-in did not record its pid: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// groupAlive reports whether any live (not zombie) process is in process
+// group pgid.
+func groupAlive(pgid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, p := range stats {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:])) // state ppid pgrp ...
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
+}
+
+func waitGroupGone(t *testing.T, pgid int) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("process group %d is still alive", pgid), func() bool {
+		return !groupAlive(pgid)
+	})
+}
+
+// noSecret fails the test if err's text holds the token or any of its
+// segments.
+func noSecret(t *testing.T, err error, secrets ...[]byte) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	msg := err.Error()
+	var fe *Error
+	if errors.As(err, &fe) {
+		msg += "\n" + fe.Message
+	}
+	for _, s := range secrets {
+		for _, part := range append(bytes.Split(s, []byte(".")), s) {
+			if len(part) >= 8 && strings.Contains(msg, string(part)) {
+				t.Errorf("error text holds a secret (%q): %s", part[:8], msg)
+			}
+		}
+	}
+}
+
+func asError(t *testing.T, err error) *Error {
+	t.Helper()
+	var fe *Error
+	if !errors.As(err, &fe) {
+		t.Fatalf("error %T is not a *fetch.Error: %v", err, err)
+	}
+	return fe
+}
