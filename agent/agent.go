@@ -1,0 +1,250 @@
+// Package agent is the per-user agent: it mounts the token directory, keeps
+// the tokens in it valid (validation, hiding, refresh), and serves the
+// control API that the CLI talks to. At the end of the session it zeroes
+// every token, unmounts, and removes its socket.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/tokend/tokend/agent/fetch"
+	"github.com/tokend/tokend/agent/validate"
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/secmem"
+	"github.com/tokend/tokend/store"
+)
+
+// Options configures Run.
+type Options struct {
+	Config  config.Config
+	Logger  *slog.Logger
+	Version string
+	// Ready is called once the mount is up and the socket listens
+	// (the agent sends systemd READY=1 there).
+	Ready func()
+	// Fetcher and Keys replace what the config would build (tests, demo).
+	Fetcher fetch.Fetcher
+	Keys    []validate.KeyChecker
+}
+
+// Agent is one running agent.
+type Agent struct {
+	cfg     config.Config
+	log     *slog.Logger
+	version string
+	dir     string
+	socket  string
+	started time.Time
+
+	store   *store.Store
+	fs      *fusefs.FS
+	fetcher fetch.Fetcher
+	checker *validate.Checker
+	verifyd *verifydWatch // nil when not configured
+
+	changed chan struct{} // capacity 1: tokens changed, re-check
+	rotated chan struct{} // capacity 1: a signing key changed
+	logout  chan struct{} // closed to end the agent
+	once    sync.Once     // closes logout
+
+	mu       sync.Mutex // guards the fields below
+	session  sessionState
+	lastPass time.Time
+	sessions *sessionCounter
+}
+
+// Run runs the agent until ctx ends or a logout is asked for. It returns nil
+// after a clean wipe and unmount.
+func Run(ctx context.Context, o Options) error {
+	a, err := newAgent(o)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx, o.Ready)
+}
+
+func newAgent(o Options) (*Agent, error) {
+	cfg := o.Config
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		cfg:     cfg,
+		log:     log.With("component", "agent"),
+		version: o.Version,
+		started: time.Now(),
+		changed: make(chan struct{}, 1),
+		rotated: make(chan struct{}, 1),
+		logout:  make(chan struct{}),
+		fetcher: o.Fetcher,
+	}
+	a.sessions = newSessionCounter(a.endSessions)
+	a.sessions.grace = cfg.Session.Grace.Std()
+	var err error
+	if a.dir, err = TokenDir(cfg); err != nil {
+		return nil, err
+	}
+	a.socket = cfg.Socket
+	if a.socket == "" {
+		a.socket = api.DefaultSocket()
+	}
+	if a.fetcher == nil {
+		if a.fetcher, err = fetch.New(fetchOptions(cfg)); err != nil {
+			return nil, fmt.Errorf("config [fetch]: %w", err)
+		}
+	}
+	keys := o.Keys
+	if keys == nil {
+		keys, a.verifyd = keyCheckers(cfg, a.log)
+	}
+	a.checker = &validate.Checker{
+		Margin:       cfg.Validate.ExpMargin.Std(),
+		TrustDomains: cfg.Validate.TrustDomains,
+		Keys:         keys,
+		Log:          a.log,
+	}
+	a.store = store.New(store.Limits{
+		MaxFiles:    cfg.Limits.MaxFiles,
+		MaxFileSize: cfg.Limits.MaxFileSize,
+		MaxNameLen:  cfg.Limits.MaxNameLen,
+	})
+	a.store.OnChange(func(c store.Change) {
+		if c.Kind != store.Removed {
+			poke(a.changed)
+		}
+	})
+	a.session.name = cfg.SessionToken
+	return a, nil
+}
+
+func (a *Agent) run(ctx context.Context, ready func()) (err error) {
+	ln, err := listen(a.socket)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ln.Close()
+		os.Remove(a.socket)
+	}()
+
+	if stale, err := fusefs.RecoverStale(a.dir); err != nil {
+		return err
+	} else if stale {
+		a.log.Warn("detached a dead mount left by an agent that did not exit cleanly", "dir", a.dir)
+	}
+	if fusefs.Mounted(a.dir) {
+		return fmt.Errorf("%s is already mounted by a running tokend: `tokend status` shows it", a.dir)
+	}
+	if err := ensureDir(a.dir); err != nil {
+		return err
+	}
+	a.importLegacy()
+
+	a.fs, err = fusefs.Mount(a.dir, a.store, fusefs.Options{
+		UID:       uint32(os.Getuid()),
+		GID:       uint32(os.Getgid()),
+		AllowRoot: a.cfg.AllowRoot,
+		Audit:     a.cfg.Audit,
+		Check:     a.checker.Quick,
+		Logger:    a.log,
+	})
+	if err != nil {
+		a.store.Close()
+		return fmt.Errorf("%w (`tokend doctor` checks fuse3, /dev/fuse and fusermount3)", err)
+	}
+	defer func() {
+		// Zero first, so nothing is readable while the mount goes away.
+		a.store.Close()
+		if uerr := a.fs.Unmount(); uerr != nil {
+			a.log.Error("unmount failed", "dir", a.dir, "err", uerr)
+			err = errors.Join(err, uerr)
+		}
+		a.log.Info("tokens wiped and directory unmounted", "dir", a.dir)
+	}()
+	a.log.Info("token directory mounted", "dir", a.dir, "socket", a.socket)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv := a.server(ctx)
+	go srv.Serve(ln)
+	defer srv.Close()
+	if ready != nil {
+		ready()
+	}
+
+	var wg sync.WaitGroup
+	wg.Go(func() { a.keep(ctx) })
+	if a.verifyd != nil {
+		wg.Go(func() { a.verifyd.follow(ctx, a.onRotation) })
+	}
+	if a.cfg.Validate.KeyDir != "" {
+		wg.Go(func() { watchKeys(ctx, a.log, a.cfg.Validate.KeyDir, a.cfg.Validate.PoolKey, a.onRotation) })
+	}
+	wg.Go(func() { a.sessions.watch(ctx) })
+
+	select {
+	case <-ctx.Done():
+		a.log.Info("stopping", "why", context.Cause(ctx))
+	case <-a.logout:
+		a.log.Info("stopping: logout")
+	}
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+// Logout ends the agent: wipe, unmount, exit.
+func (a *Agent) Logout() { a.once.Do(func() { close(a.logout) }) }
+
+// onRotation re-checks every token now and refetches the session token
+// (after a jitter) if it went stale.
+func (a *Agent) onRotation() {
+	poke(a.rotated)
+	poke(a.changed)
+}
+
+func poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// listen creates the control socket: its directory 0700, the socket 0600.
+// A socket that still answers belongs to a running agent and is left alone.
+func listen(socket string) (net.Listener, error) {
+	if err := ensurePrivateDir(socketDir(socket)); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another tokend agent is already running on %s", socket)
+	}
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("could not remove the stale socket %s: %w", socket, err)
+	}
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("could not listen on %s: %w", socket, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	// The directory is already private; the mode is a second fence.
+	if err := os.Chmod(socket, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// MemoryLocked reports whether every token buffer is locked in memory.
+func MemoryLocked() bool { return !secmem.LockFailed() }

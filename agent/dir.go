@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tokend/tokend/config"
+)
+
+// TokenDir is where the HTCondor tools look for tokens: the config's dir,
+// else SEC_TOKEN_DIRECTORY (from the environment or condor_config_val),
+// else <pw_dir>/.condor/tokens.d, pw_dir from the password database as
+// HTCondor does (not $HOME).
+func TokenDir(cfg config.Config) (string, error) {
+	if cfg.Dir != "" {
+		return cfg.Dir, nil
+	}
+	if d := condorSetting("SEC_TOKEN_DIRECTORY"); d != "" {
+		return d, nil
+	}
+	u, err := user.LookupId(fmt.Sprint(os.Getuid()))
+	if err != nil {
+		return "", fmt.Errorf("could not find uid %d's home directory: %w; set dir in the config", os.Getuid(), err)
+	}
+	return filepath.Join(u.HomeDir, ".condor", "tokens.d"), nil
+}
+
+// condorSetting reads an HTCondor setting: $_CONDOR_<name>, else
+// condor_config_val when HTCondor is installed. "" when unset.
+func condorSetting(name string) string {
+	if v := os.Getenv("_CONDOR_" + name); v != "" {
+		return v
+	}
+	bin, err := exec.LookPath("condor_config_val")
+	if err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, name).Output()
+	if err != nil {
+		return "" // "Not defined: NAME", exit 1
+	}
+	v := strings.TrimSpace(string(out))
+	if !filepath.IsAbs(v) {
+		return ""
+	}
+	return v
+}
+
+// ensureDir creates the token directory and missing parents, private to the
+// user (HTCondor creates ~/.condor/tokens.d 0700 too).
+func ensureDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("could not create the token directory: %w", err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Getuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to you (uid %d): HTCondor would refuse its tokens too", dir, uid, os.Getuid())
+	}
+	return nil
+}
+
+// ensurePrivateDir makes dir exist, owned by the user, mode 0700.
+func ensurePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("could not create %s: %w", dir, err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory: remove it", dir)
+	}
+	if uid := st.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Getuid() {
+		return fmt.Errorf("the socket directory %s belongs to uid %d: another user took it; remove it or set socket = \"...\" in the config", dir, uid)
+	}
+	if st.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func socketDir(socket string) string { return filepath.Dir(socket) }
+

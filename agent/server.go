@@ -1,0 +1,312 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/agent/fetch"
+	"github.com/tokend/tokend/agent/validate"
+	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/store"
+)
+
+type peerKey struct{}
+
+// peer is the credential of the process at the other end of a connection,
+// read once per connection with SO_PEERCRED.
+type peer struct {
+	uid, pid int
+	err      error
+}
+
+// server builds the control API. Every request is refused unless the peer
+// is the agent's own user.
+func (a *Agent) server(ctx context.Context) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathStatus, a.handleStatus)
+	mux.HandleFunc("GET "+api.PathTokens, a.handleTokens)
+	mux.HandleFunc("DELETE "+api.PathTokens+"/{name}", a.handleRemove)
+	mux.HandleFunc("POST "+api.PathFetch, a.handleFetch)
+	mux.HandleFunc("POST "+api.PathWipe, a.handleWipe)
+	mux.HandleFunc("POST "+api.PathSession, a.handleSession)
+	owner := os.Getuid()
+	return &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p, _ := r.Context().Value(peerKey{}).(peer)
+			if p.err != nil || p.uid != owner {
+				a.log.Warn("refused a control connection from another user", "peer_uid", p.uid, "peer_pid", p.pid, "err", p.err)
+				writeError(w, api.Errorf(api.CodeForbidden, "this agent belongs to uid %d", owner))
+				return
+			}
+			r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBody)
+			mux.ServeHTTP(w, r)
+		}),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, peerKey{}, peerOf(c)) },
+		ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		IdleTimeout:       time.Minute,
+	}
+}
+
+func peerOf(c net.Conn) peer {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return peer{err: errors.New("not a unix socket")}
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return peer{err: err}
+	}
+	var p peer
+	raw.Control(func(fd uintptr) {
+		cred, err := getPeerCred(int(fd))
+		if err != nil {
+			p.err = err
+			return
+		}
+		p.uid, p.pid = int(cred.Uid), int(cred.Pid)
+	})
+	return p
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *api.Error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status())
+	json.NewEncoder(w).Encode(e)
+}
+
+// decode reads a JSON body into v, refusing unknown fields and oversized
+// bodies.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", api.MaxRequestBody))
+		} else {
+			writeError(w, api.Errorf(api.CodeBadRequest, "malformed request: %v", err))
+		}
+		return false
+	}
+	return true
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, a.Status())
+}
+
+// Status reports the agent's state.
+func (a *Agent) Status() api.Status {
+	st := api.Status{
+		Version:      a.version,
+		PID:          os.Getpid(),
+		Dir:          a.dir,
+		Mounted:      fusefs.Mounted(a.dir),
+		Socket:       a.socket,
+		Started:      a.started,
+		Sessions:     a.sessions.Count(),
+		MemoryLocked: MemoryLocked(),
+	}
+	for _, in := range a.store.Infos() {
+		if in.Hidden {
+			st.Hidden++
+		} else {
+			st.Tokens++
+		}
+	}
+	st.Validation.KeyCheck = keyCheckNames(a.checker.Keys)
+	st.Validation.Verifyd = a.cfg.Validate.Verifyd
+	if a.verifyd != nil {
+		st.Validation.VerifydUp, st.Validation.Generation = a.verifyd.state()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.lastPass.IsZero() {
+		t := a.lastPass
+		st.Validation.LastCheck = &t
+	}
+	s := a.session
+	st.Session = api.Session{
+		Name:      s.name,
+		Method:    a.cfg.Fetch.Method,
+		State:     s.state,
+		Failures:  s.failures,
+		LastError: s.lastErr,
+		RequestID: s.requestID,
+	}
+	if s.exp != 0 {
+		exp := s.exp
+		st.Session.Exp = &exp
+	}
+	if !s.next.IsZero() {
+		next := s.next
+		st.Session.NextRefresh = &next
+	}
+	if !s.lastFetch.IsZero() {
+		t := s.lastFetch
+		st.Session.LastFetch = &t
+	}
+	return st
+}
+
+func (a *Agent) handleTokens(w http.ResponseWriter, r *http.Request) {
+	all := r.URL.Query().Get("all") != ""
+	out := []api.Token{}
+	for _, in := range a.store.Infos() {
+		if in.Hidden && !all {
+			continue
+		}
+		out = append(out, apiToken(in))
+	}
+	writeJSON(w, out)
+}
+
+func apiToken(in store.Info) api.Token {
+	t := api.Token{
+		Name:   in.Name,
+		Sub:    in.Token.Sub,
+		Iss:    in.Token.Iss,
+		Kid:    in.Token.Kid,
+		Iat:    in.Token.Iat,
+		Scope:  in.Token.Scope,
+		State:  api.StateValid,
+		Reason: string(in.Reason),
+	}
+	if in.Token.Exp != 0 {
+		exp := in.Token.Exp
+		t.Exp = &exp
+	}
+	if in.Hidden {
+		t.State = api.StateHidden
+	}
+	return t
+}
+
+func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := a.store.Remove(name); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeError(w, api.Errorf(api.CodeNotFound, "no token file %q", name))
+			return
+		}
+		writeError(w, api.Errorf(api.CodeInternal, "%v", err))
+		return
+	}
+	a.log.Info("token file removed on request", "name", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *Agent) handleWipe(w http.ResponseWriter, r *http.Request) {
+	var req api.WipeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	a.store.Wipe()
+	a.log.Info("all tokens wiped on request", "logout", req.Logout)
+	w.WriteHeader(http.StatusNoContent)
+	if req.Logout {
+		a.Logout()
+	}
+}
+
+func (a *Agent) handleSession(w http.ResponseWriter, r *http.Request) {
+	var req api.SessionRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	var resp api.SessionResponse
+	switch req.Action {
+	case "open":
+		n, err := a.sessions.Open(req.PID)
+		if err != nil {
+			writeError(w, api.Errorf(api.CodeBadRequest, "%v", err))
+			return
+		}
+		resp.Sessions = n
+		a.log.Info("login session opened", "pid", req.PID, "sessions", n)
+	case "close":
+		resp.Sessions, resp.Wiped = a.sessions.Close(req.PID)
+		a.log.Info("login session closed", "pid", req.PID, "sessions", resp.Sessions)
+	default:
+		writeError(w, api.Errorf(api.CodeBadRequest, "action %q: want open or close", req.Action))
+		return
+	}
+	writeJSON(w, resp)
+}
+
+// handleFetch fetches a token now, streaming progress lines while it waits.
+func (a *Agent) handleFetch(w http.ResponseWriter, r *http.Request) {
+	var req api.FetchRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	name := req.Name
+	if name == "" {
+		name = a.session.name
+	}
+	if err := a.store.CheckName(name); err != nil {
+		writeError(w, api.Errorf(api.CodeBadRequest, "token name %q: %v", name, err))
+		return
+	}
+	var fr fetch.Request
+	if req.Lifetime != "" {
+		d, err := time.ParseDuration(req.Lifetime)
+		if err != nil || d <= 0 {
+			writeError(w, api.Errorf(api.CodeBadRequest, "lifetime %q: want a positive duration like 1h", req.Lifetime))
+			return
+		}
+		fr.Lifetime = d
+	}
+	fr.Authz = req.Authz
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	send := func(ev api.FetchEvent) {
+		enc.Encode(ev)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	t, err := a.fetchInto(r.Context(), name, fr, func(p fetch.Progress) {
+		send(api.FetchEvent{Progress: &api.Progress{Started: p.Started, RequestID: p.RequestID, Message: p.Message}})
+	})
+	if err != nil {
+		send(api.FetchEvent{Error: api.Errorf(api.CodeFetchFailed, "%v", err)})
+		return
+	}
+	poke(a.changed)
+	tok := apiToken(store.Info{Name: name, Token: *t})
+	send(api.FetchEvent{Token: &tok})
+}
+
+// keyCheckNames names the key checks in order of preference.
+func keyCheckNames(keys []validate.KeyChecker) string {
+	if len(keys) == 0 {
+		return validate.KeyNone
+	}
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = k.Name()
+	}
+	return strings.Join(names, ", ")
+}
+
+func getPeerCred(fd int) (*unix.Ucred, error) {
+	return unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+}

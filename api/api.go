@@ -1,0 +1,127 @@
+// Package api holds the wire types of the agent's control API (HTTP/JSON
+// over the agent's Unix socket) and its typed client. The agent serves it;
+// the CLI is a client of it.
+//
+// Paths are versioned (/v1/...). Errors travel as {code, message} with a
+// matching HTTP status and come back to the caller as *Error.
+package api
+
+import "time"
+
+// Paths of the v1 API.
+const (
+	PathStatus  = "/v1/status"
+	PathTokens  = "/v1/tokens"  // GET ?all=1; DELETE /v1/tokens/{name}
+	PathFetch   = "/v1/fetch"   // POST FetchRequest; streams FetchEvent lines
+	PathWipe    = "/v1/wipe"    // POST WipeRequest
+	PathSession = "/v1/session" // POST SessionRequest
+)
+
+// MaxRequestBody bounds every request body the agent reads.
+const MaxRequestBody = 16 << 10
+
+// Token is one token's metadata: the shape of `tokend list --json`.
+// It never carries the token itself.
+type Token struct {
+	Name   string `json:"name"`
+	Sub    string `json:"sub"`
+	Iss    string `json:"iss"`
+	Kid    string `json:"kid"`
+	Iat    int64  `json:"iat"`
+	Exp    *int64 `json:"exp"` // null: no expiry
+	Scope  string `json:"scope"`
+	State  string `json:"state"`  // "valid" | "hidden"
+	Reason string `json:"reason"` // "" | expired | rotated-key | unknown-key | revoked | malformed | untrusted-issuer
+}
+
+// Token states.
+const (
+	StateValid  = "valid"
+	StateHidden = "hidden"
+)
+
+// Status is the shape of `tokend status --json`.
+type Status struct {
+	Version      string     `json:"version"`
+	PID          int        `json:"pid"`
+	Dir          string     `json:"dir"`
+	Mounted      bool       `json:"mounted"`
+	Socket       string     `json:"socket"`
+	Started      time.Time  `json:"started"`
+	Tokens       int        `json:"tokens"` // shown
+	Hidden       int        `json:"hidden"`
+	Session      Session    `json:"session"`
+	Validation   Validation `json:"validation"`
+	Sessions     int        `json:"sessions"` // open login sessions (PAM); 0 when not counted
+	MemoryLocked bool       `json:"memory_locked"`
+}
+
+// Session describes the session token and its fetcher.
+type Session struct {
+	Name        string     `json:"name"`
+	Method      string     `json:"method"` // exec | request | local
+	State       string     `json:"state"`  // valid | missing | fetching | waiting-approval | failed
+	Exp         *int64     `json:"exp,omitempty"`
+	NextRefresh *time.Time `json:"next_refresh,omitempty"`
+	LastFetch   *time.Time `json:"last_fetch,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+	Failures    int        `json:"failures"` // consecutive
+	RequestID   string     `json:"request_id,omitempty"`
+}
+
+// Session states.
+const (
+	SessionValid    = "valid"
+	SessionMissing  = "missing"
+	SessionFetching = "fetching"
+	SessionWaiting  = "waiting-approval"
+	SessionFailed   = "failed"
+)
+
+// Validation says how tokens are checked.
+type Validation struct {
+	KeyCheck   string     `json:"key_check"` // verifyd | keys | probe | none
+	Verifyd    string     `json:"verifyd"`   // socket; "" when not configured
+	VerifydUp  bool       `json:"verifyd_up"`
+	Generation uint64     `json:"generation,omitempty"`
+	LastCheck  *time.Time `json:"last_check,omitempty"`
+}
+
+// FetchRequest asks for a token now.
+type FetchRequest struct {
+	Name     string   `json:"name,omitempty"`     // default: the session token's name
+	Lifetime string   `json:"lifetime,omitempty"` // Go duration; "" = configured
+	Authz    []string `json:"authz,omitempty"`
+}
+
+// FetchEvent is one line of a fetch's response stream: progress while it
+// waits, then exactly one of Token or Error.
+type FetchEvent struct {
+	Progress *Progress `json:"progress,omitempty"`
+	Token    *Token    `json:"token,omitempty"`
+	Error    *Error    `json:"error,omitempty"`
+}
+
+// Progress of a long fetch.
+type Progress struct {
+	Started   time.Time `json:"started"`
+	RequestID string    `json:"request_id,omitempty"`
+	Message   string    `json:"message"`
+}
+
+// WipeRequest removes every token; with Logout the agent also exits.
+type WipeRequest struct {
+	Logout bool `json:"logout"`
+}
+
+// SessionRequest counts a login session in or out.
+type SessionRequest struct {
+	Action string `json:"action"` // open | close
+	PID    int    `json:"pid"`    // a process of the session; it is watched
+}
+
+// SessionResponse is the count after the request.
+type SessionResponse struct {
+	Sessions int  `json:"sessions"`
+	Wiped    bool `json:"wiped"` // the last session closed
+}

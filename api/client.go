@@ -1,0 +1,174 @@
+package api
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Client talks to one agent.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the agent listening on socket.
+func NewClient(socket string) *Client {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return &Client{
+		Socket: socket,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "unix", socket)
+			},
+			DisableCompression: true,
+		}},
+	}
+}
+
+// DefaultSocket is where an agent listens unless told otherwise: --socket,
+// else $TOKEND_SOCKET, else $XDG_RUNTIME_DIR/tokend/agent.sock.
+func DefaultSocket() string {
+	if s := os.Getenv("TOKEND_SOCKET"); s != "" {
+		return s
+	}
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		dir = fmt.Sprintf("/run/user/%d", os.Getuid())
+	}
+	return filepath.Join(dir, "tokend", "agent.sock")
+}
+
+// do sends a request and decodes a JSON answer into out (unless nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+		return fmt.Errorf("could not read the agent's answer: %w", err)
+	}
+	return nil
+}
+
+// send returns a 2xx response or the agent's error.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://tokend"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, &NoAgentError{Socket: c.Socket, Err: op.Err}
+		}
+		return nil, fmt.Errorf("could not talk to the agent on %s: %w", c.Socket, err)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var e Error
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e); err != nil || e.Code == "" {
+		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("the agent answered %s", resp.Status)}
+	}
+	return nil, &e
+}
+
+// Status returns the agent's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	err := c.do(ctx, http.MethodGet, PathStatus, nil, &s)
+	return s, err
+}
+
+// Tokens lists tokens; all includes hidden ones.
+func (c *Client) Tokens(ctx context.Context, all bool) ([]Token, error) {
+	path := PathTokens
+	if all {
+		path += "?all=1"
+	}
+	var ts []Token
+	err := c.do(ctx, http.MethodGet, path, nil, &ts)
+	return ts, err
+}
+
+// Remove deletes a token file.
+func (c *Client) Remove(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, PathTokens+"/"+url.PathEscape(name), nil, nil)
+}
+
+// Wipe removes every token; logout also stops the agent.
+func (c *Client) Wipe(ctx context.Context, logout bool) error {
+	return c.do(ctx, http.MethodPost, PathWipe, WipeRequest{Logout: logout}, nil)
+}
+
+// Session counts a login session in or out.
+func (c *Client) Session(ctx context.Context, r SessionRequest) (SessionResponse, error) {
+	var out SessionResponse
+	err := c.do(ctx, http.MethodPost, PathSession, r, &out)
+	return out, err
+}
+
+// Fetch asks the agent for a fresh token, calling progress while it waits
+// (a token request awaiting approval). It returns the stored token's
+// metadata.
+func (c *Client) Fetch(ctx context.Context, r FetchRequest, progress func(Progress)) (Token, error) {
+	resp, err := c.send(ctx, http.MethodPost, PathFetch, r)
+	if err != nil {
+		return Token{}, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for sc.Scan() {
+		var ev FetchEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return Token{}, fmt.Errorf("could not read the agent's answer: %w", err)
+		}
+		switch {
+		case ev.Error != nil:
+			return Token{}, ev.Error
+		case ev.Token != nil:
+			return *ev.Token, nil
+		case ev.Progress != nil && progress != nil:
+			progress(*ev.Progress)
+		}
+	}
+	if ctx.Err() != nil {
+		return Token{}, ctx.Err()
+	}
+	if err := sc.Err(); err != nil {
+		return Token{}, fmt.Errorf("lost the agent while fetching: %w", err)
+	}
+	return Token{}, errors.New("the agent ended the fetch without a result")
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/tokend/tokend/agent"
+	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/secmem"
+)
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
+	fl := flag.NewFlagSet("tokend agent", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	configFile := fl.String("config", os.Getenv("TOKEND_CONFIG"), "config `file` (default $TOKEND_CONFIG, else /etc/tokend/config.toml and ~/.config/tokend/config.toml)")
+	dir := fl.String("dir", "", "token `directory` (overrides the config)")
+	socket := fl.String("socket", "", "control socket `path` (overrides the config)")
+	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
+		return exitUsage
+	}
+	log := newLogger(stderr)
+	if err := secmem.Harden(); err != nil {
+		log.Warn("could not harden the process", "err", err)
+	}
+	secmem.SetWarn(func(err error) { log.Warn(err.Error()) })
+
+	cfg, err := config.Load(*configFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokend agent: %v\n", err)
+		return exitUsage
+	}
+	if *dir != "" {
+		cfg.Dir = *dir
+	}
+	if *socket != "" {
+		cfg.Socket = *socket
+	}
+	if err := cfg.Check(); err != nil {
+		fmt.Fprintf(stderr, "tokend agent: %v\n", err)
+		return exitUsage
+	}
+	err = agent.Run(ctx, agent.Options{
+		Config:  cfg,
+		Logger:  log,
+		Version: version,
+		Ready:   func() { notifyReady(log) },
+	})
+	if err != nil {
+		log.Error("agent failed", "err", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// notifyReady tells systemd (Type=notify) that the mount is up.
+func notifyReady(log *slog.Logger) {
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("could not notify systemd", "err", err)
+	}
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/tokend/tokend/demo"
+	"github.com/tokend/tokend/verifyd"
+)
+
+func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return verifyd.Run(ctx, args, stdout, stderr)
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintln(stderr, "usage: tokend demo")
+		return exitUsage
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "tokend demo: %v\n", err)
+		return exitFailure
+	}
+	if err := demo.Run(ctx, exe, stdout); err != nil {
+		fmt.Fprintf(stderr, "tokend demo: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "tokend session: not yet")
+	return exitFailure
+}
+
+func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fmt.Fprintln(stderr, "tokend doctor: not yet")
+	return exitFailure
+}

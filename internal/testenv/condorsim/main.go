@@ -1,0 +1,185 @@
+// Command condorsim does to a token directory what the HTCondor tools do,
+// as whichever user runs it, and prints the outcome as JSON. Tests run it as
+// the test users (the mount admits only its owner, so the checks must run in
+// another process).
+//
+//	condorsim read DIR             the tools' read sequence
+//	condorsim write DIR NAME       write_out_token (23.9+), token on stdin
+//	condorsim append DIR NAME      the pre-23.9 O_APPEND writer, token on stdin
+//	condorsim access DIR NAME      try every operation, print each errno
+//	condorsim watch DIR SECONDS    read again and again; count reads that found no token
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/internal/condor"
+)
+
+// File is one file as the tools read it.
+type File struct {
+	Path   string   `json:"path"`
+	Tokens []string `json:"tokens"`
+	Err    string   `json:"err,omitempty"`
+}
+
+// Read is the output of `read`.
+type Read struct {
+	Files []File `json:"files"`
+	Pick  string `json:"pick"`
+}
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: condorsim read|write|append|access DIR [NAME]")
+		os.Exit(2)
+	}
+	dir := os.Args[2]
+	var out any
+	var err error
+	switch os.Args[1] {
+	case "read":
+		out, err = read(dir)
+	case "write", "append":
+		tok, _ := io.ReadAll(os.Stdin)
+		path := filepath.Join(dir, os.Args[3])
+		if os.Args[1] == "write" {
+			err = condor.Write(path, bytes.TrimSpace(tok))
+		} else {
+			err = condor.Append(path, bytes.TrimSpace(tok))
+		}
+		out = map[string]string{"errno": errnoName(err)}
+		err = nil
+	case "access":
+		out = access(dir, os.Args[3])
+	case "watch":
+		out, err = watch(dir, os.Args[3])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+func read(dir string) (Read, error) {
+	files, err := condor.Read(dir, os.Getuid())
+	if err != nil {
+		return Read{}, err
+	}
+	var r Read
+	for _, f := range files {
+		jf := File{Path: f.Path, Tokens: []string{}}
+		for _, t := range f.Tokens {
+			jf.Tokens = append(jf.Tokens, string(t))
+		}
+		if f.Err != nil {
+			jf.Err = f.Err.Error()
+		}
+		r.Files = append(r.Files, jf)
+	}
+	if _, tok, ok := condor.Pick(files); ok {
+		r.Pick = string(tok)
+	}
+	return r, nil
+}
+
+// Watch is the output of `watch`.
+type Watch struct {
+	Reads    int      `json:"reads"`
+	NoToken  int      `json:"no_token"` // reads where the tools would have had no token
+	Failures []string `json:"failures"` // read_secure_file failures (short read, modified, ...)
+	Distinct int      `json:"distinct"` // different tokens picked
+}
+
+func watch(dir, seconds string) (Watch, error) {
+	d, err := time.ParseDuration(seconds + "s")
+	if err != nil {
+		return Watch{}, err
+	}
+	w := Watch{Failures: []string{}}
+	seen := map[string]bool{}
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		files, err := condor.Read(dir, os.Getuid())
+		if err != nil {
+			return w, err
+		}
+		w.Reads++
+		for _, f := range files {
+			if f.Err != nil && len(w.Failures) < 20 {
+				w.Failures = append(w.Failures, f.Err.Error())
+			}
+		}
+		_, tok, ok := condor.Pick(files)
+		if !ok {
+			w.NoToken++
+			continue
+		}
+		seen[string(tok)] = true
+	}
+	w.Distinct = len(seen)
+	return w, nil
+}
+
+// access tries every kind of operation on dir and dir/name.
+func access(dir, name string) map[string]string {
+	p := filepath.Join(dir, name)
+	res := map[string]string{}
+	try := func(op string, f func() error) { res[op] = errnoName(f()) }
+	try("readdir", func() error { _, err := os.ReadDir(dir); return err })
+	try("stat-dir", func() error { _, err := os.Stat(dir); return err })
+	try("stat", func() error { _, err := os.Stat(p); return err })
+	try("lstat", func() error { _, err := os.Lstat(p); return err })
+	try("open-read", func() error {
+		f, err := os.Open(p)
+		if err == nil {
+			_, err = f.Read(make([]byte, 1))
+			f.Close()
+		}
+		return err
+	})
+	try("open-write", func() error {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		return err
+	})
+	try("create", func() error {
+		f, err := os.OpenFile(filepath.Join(dir, "intruder"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			f.Close()
+		}
+		return err
+	})
+	try("chmod", func() error { return os.Chmod(p, 0o644) })
+	try("rename", func() error { return os.Rename(p, p+".moved") })
+	try("unlink", func() error { return os.Remove(p) })
+	try("access", func() error { return unix.Access(p, unix.R_OK) })
+	try("statfs", func() error { var s unix.Statfs_t; return unix.Statfs(dir, &s) })
+	return res
+}
+
+// errnoName is "" for success, else the errno's name (EACCES, ...).
+func errnoName(err error) string {
+	if err == nil {
+		return ""
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return unix.ErrnoName(e)
+	}
+	return err.Error()
+}
