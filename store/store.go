@@ -92,6 +92,9 @@ type Store struct {
 	closed  bool   // after Close nothing is accepted
 }
 
+// maxHidden bounds the hidden tokens remembered per file.
+const maxHidden = 8
+
 // file is one name. Its content holds only shown lines.
 type file struct {
 	name    string
@@ -99,7 +102,8 @@ type file struct {
 	mtime   time.Time
 	content *secmem.Buffer // nil when empty
 	tokens  []tokenLine    // the token lines in content, in order
-	hidden  []Info         // tokens cut out of this file
+	hidden  []Info         // tokens cut out of this name, newest last
+	emptied bool           // hiding took its last token: the file is not shown
 }
 
 type tokenLine struct {
@@ -115,8 +119,8 @@ func (f *file) bytes() []byte {
 	return f.content.Bytes()
 }
 
-// visible: a file is shown unless every token it had is hidden.
-func (f *file) visible() bool { return len(f.tokens) > 0 || len(f.hidden) == 0 }
+// visible: a file is shown unless hiding took its last token.
+func (f *file) visible() bool { return !f.emptied }
 
 func (f *file) attr() Attr { return Attr{Ino: f.ino, Size: len(f.bytes()), Mtime: f.mtime} }
 
@@ -272,7 +276,9 @@ func (s *Store) newFileLocked(name string) (*file, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
+	var hidden []Info
 	if old := s.byName[name]; old != nil {
+		hidden = old.hidden // still worth showing in `tokend list --all`
 		s.dropLocked(old)
 	}
 	for len(s.byName) >= s.limits.MaxFiles {
@@ -283,7 +289,7 @@ func (s *Store) newFileLocked(name string) (*file, error) {
 		s.dropLocked(victim)
 	}
 	s.lastIno++
-	f := &file{name: name, ino: s.lastIno, mtime: s.now()}
+	f := &file{name: name, ino: s.lastIno, mtime: s.now(), hidden: hidden}
 	s.byName[name] = f
 	s.byIno[f.ino] = f
 	return f, nil
@@ -410,7 +416,7 @@ func (s *Store) parse(content []byte, check func(*token.Token) token.Reason) (*p
 // rejected.
 func (s *Store) setLocked(f *file, p *parsed) {
 	f.wipe()
-	f.hidden = nil
+	f.emptied = false
 	f.content = p.content
 	f.tokens = p.tokens
 	for i := range f.tokens {
@@ -458,8 +464,14 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 	}
 	f.content.Wipe()
 	f.content = next
+	// Keep why recent tokens were hidden, for `tokend list --all`; the
+	// oldest go first.
 	f.hidden = append(f.hidden, Info{Name: f.name, ID: t.id, Token: *t.tok, Reason: r, Hidden: true})
+	if len(f.hidden) > maxHidden {
+		f.hidden = slices.Delete(f.hidden, 0, len(f.hidden)-maxHidden)
+	}
 	f.tokens = slices.Delete(f.tokens, i, i+1)
+	f.emptied = len(f.tokens) == 0
 	for j := i; j < len(f.tokens); j++ {
 		f.tokens[j].start -= cut
 		f.tokens[j].end -= cut
