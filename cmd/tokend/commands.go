@@ -30,13 +30,3 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return exitOK
 }
-
-func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "tokend session: not yet")
-	return exitFailure
-}
-
-func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "tokend doctor: not yet")
-	return exitFailure
-}
