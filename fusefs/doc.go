@@ -30,17 +30,21 @@
 // # Writes
 //
 // With no open and no flush the kernel never says when a writer is done with
-// an existing file. So each inode being written has a draft (in secmem): WRITE
-// and truncation change the draft, and after each change the draft is
-// checked (token.CheckDraft):
-//   - complete, with at least one token: it replaces the file's content at once,
-//     atomically for readers;
+// an existing file. So each inode being written has a draft (in secmem), the
+// content as its writer sees it: WRITE and truncation change the draft, and
+// after each change the draft is checked (token.CheckDraft):
+//   - complete, with at least one token: it becomes the file's content at
+//     once, atomically for readers;
 //   - bad (a line that is not a token): the write fails with EINVAL, the draft
 //     is dropped and the file keeps its previous content;
 //   - still pending (empty after truncation, a token half written): readers
-//     keep seeing the previous content; the draft is dropped with a log line
-//     after Options.DraftTimeout without writes, or when a writer closes a
-//     file it created.
+//     keep seeing the previous content.
+//
+// The draft outlives each commit, so the writer's next write lands where the
+// writer thinks it does even if hiding changed the committed content. It is
+// dropped after Options.DraftTimeout without writes (with a log line if its
+// last state was never committed), when a writer closes a file it created,
+// or when the file is removed.
 //
 // # Locking
 //

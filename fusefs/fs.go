@@ -86,7 +86,7 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		created:       make(map[uint64]uint64),
 	}
 	fs.dirMtime.Store(time.Now().UnixNano())
-	fs.notes = newNotifier(fs.log)
+	fs.notes = newNotifier(fs.log, fs.forgetDraft)
 	st.OnChange(fs.onChange)
 
 	mo := &fuse.MountOptions{
@@ -144,6 +144,21 @@ func (fs *FS) String() string { return "tokend" }
 // allowed reports whether the caller may use the filesystem at all.
 func (fs *FS) allowed(c *fuse.Caller) bool {
 	return c.Uid == fs.opt.UID || (fs.opt.AllowRoot && c.Uid == 0)
+}
+
+// forgetDraft drops the draft of a file the store no longer has (removed by
+// the agent: `tokend rm`, a wipe). A file that is only hidden keeps its
+// writer's draft.
+func (fs *FS) forgetDraft(ino uint64) {
+	if _, ok := fs.store.Exists(ino); ok {
+		return
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if d := fs.drafts[ino]; d != nil {
+		d.drop()
+		delete(fs.drafts, ino)
+	}
 }
 
 // onChange runs in whichever goroutine changed the store, possibly with

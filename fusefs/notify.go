@@ -12,7 +12,8 @@ import (
 // notifier pushes cache invalidations to the kernel from its own goroutine,
 // so that no Notify* call runs under a lock or inside a request handler.
 type notifier struct {
-	log *slog.Logger
+	log     *slog.Logger
+	removed func(ino uint64) // told of every removal, outside any lock
 
 	mu      sync.Mutex // guards queue and stopped
 	queue   []note
@@ -27,8 +28,8 @@ type note struct {
 	pages  bool // only invalidate ino's attributes and pages
 }
 
-func newNotifier(log *slog.Logger) *notifier {
-	return &notifier{log: log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newNotifier(log *slog.Logger, removed func(ino uint64)) *notifier {
+	return &notifier{log: log, removed: removed, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 func (n *notifier) push(c store.Change) { n.add(note{change: c}) }
@@ -97,6 +98,7 @@ func (n *notifier) send(srv *fuse.Server, batch []note) {
 			n.check(srv.DeleteNotify(rootIno, c.Ino, c.Name), "delete", c)
 			// An open descriptor must not keep reading cached pages.
 			n.check(srv.InodeNotify(c.Ino, 0, 0), "content", c)
+			n.removed(c.Ino)
 			dirChanged = true
 		}
 	}

@@ -10,11 +10,16 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
-// draft is the content of one inode while it is being written.
+// draft is one inode's content as its writer sees it. It outlives each
+// commit: the writer's next write lands at offsets in its own view, not in
+// the committed content (which hiding may have changed). It is dropped
+// after DraftTimeout without writes, or when a writer closes a file it
+// created.
 type draft struct {
-	buf   *secmem.Buffer // capacity; the draft is buf.Bytes()[:n]
-	n     int
-	timer *time.Timer // drops the draft when writes stop
+	buf       *secmem.Buffer // capacity; the draft is buf.Bytes()[:n]
+	n         int
+	timer     *time.Timer // drops the draft when writes stop
+	committed bool        // the file holds what the draft holds
 }
 
 func (d *draft) bytes() []byte { return d.buf.Bytes()[:d.n] }
@@ -58,15 +63,27 @@ func (fs *FS) draftLocked(ino uint64, name string) (*draft, fuse.Status) {
 	return d, fuse.OK
 }
 
-// expire drops a draft that stayed incomplete.
+// expire drops a draft once writes stopped.
 func (fs *FS) expire(ino uint64, name string, d *draft) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.drafts[ino] != d {
 		return
 	}
+	fs.endDraftLocked(ino, name)
+}
+
+// endDraftLocked drops the draft of a writer that is done, saying so if its
+// last state never became the file's content.
+func (fs *FS) endDraftLocked(ino uint64, name string) {
+	d := fs.drafts[ino]
+	if d == nil {
+		return
+	}
+	if !d.committed {
+		fs.log.Warn("dropped an incomplete write: no complete token arrived; the file keeps its previous content", "name", name)
+	}
 	fs.dropDraftLocked(ino)
-	fs.log.Warn("dropped an incomplete write: no complete token arrived; the file keeps its previous content", "name", name)
 }
 
 func (fs *FS) dropDraftLocked(ino uint64) {
@@ -82,22 +99,23 @@ func (fs *FS) dropDraftLocked(ino uint64) {
 // keep waiting.
 func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	state, err := token.CheckDraft(d.bytes())
-	switch {
-	case state == token.DraftBad:
+	if state == token.DraftBad {
 		fs.dropDraftLocked(ino)
 		fs.log.Warn("refused a write: not a token file; the file keeps its previous content", "name", name, "reason", err.Error())
 		return fuse.EINVAL
-	case state == token.DraftPending || !hasToken(d.bytes()):
-		d.timer.Reset(fs.opt.DraftTimeout)
+	}
+	d.timer.Reset(fs.opt.DraftTimeout)
+	if state == token.DraftPending || !hasToken(d.bytes()) {
+		d.committed = false
 		fs.notes.invalidate(ino)
 		return fuse.OK
 	}
-	_, err = fs.store.Replace(ino, d.bytes(), fs.opt.Check)
-	fs.dropDraftLocked(ino)
-	if err != nil {
+	if _, err = fs.store.Replace(ino, d.bytes(), fs.opt.Check); err != nil {
+		fs.dropDraftLocked(ino)
 		fs.log.Warn("refused a write", "name", name, "reason", err.Error())
 		return errno(err)
 	}
+	d.committed = true
 	return fuse.OK
 }
 
@@ -121,7 +139,7 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 	if !fs.allowed(&in.Caller) {
 		return 0, fuse.EACCES
 	}
-	name, _, ok := fs.store.Stat(in.NodeId)
+	name, ok := fs.store.Exists(in.NodeId)
 	if !ok {
 		return 0, fuse.ENOENT
 	}
@@ -207,8 +225,7 @@ func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *
 	return fuse.OK
 }
 
-// Release ends a handle from Create: a write still pending is dropped now
-// rather than at the timeout (its writer is done).
+// Release ends a handle from Create: its writer is done.
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -217,11 +234,8 @@ func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 		return
 	}
 	delete(fs.created, in.Fh)
-	if fs.drafts[ino] != nil {
-		name, _, _ := fs.store.Stat(ino)
-		fs.dropDraftLocked(ino)
-		fs.log.Warn("dropped an incomplete write at close: no complete token arrived", "name", name)
-	}
+	name, _ := fs.store.Exists(ino)
+	fs.endDraftLocked(ino, name)
 }
 
 // Unlink removes a file; the store zeroes its bytes.

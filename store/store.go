@@ -236,16 +236,28 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	return copy(dest, b[off:]), nil
 }
 
-// Content returns a copy of a visible file's content in a secmem buffer,
-// which the caller must Wipe.
+// Content returns a copy of a file's content in a secmem buffer, which the
+// caller must Wipe. It works on files that are not shown too (a writer may
+// still be writing one whose tokens were all hidden).
 func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() {
+	if f == nil {
 		return nil, ErrNotFound
 	}
 	return secmem.From(f.bytes())
+}
+
+// Exists returns the name of the file with inode ino, shown or not.
+func (s *Store) Exists(ino uint64) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byIno[ino]
+	if f == nil {
+		return "", false
+	}
+	return f.name, true
 }
 
 // Create makes an empty file. It fails with ErrExists if a visible file has
@@ -347,8 +359,9 @@ func (s *Store) Put(name string, content []byte, check func(*token.Token) token.
 	return a, nil
 }
 
-// Replace sets the content of the visible file ino (the filesystem's write
-// path), keeping its name and inode.
+// Replace sets the content of file ino (the filesystem's write path),
+// keeping its name and inode. The file may be one that is not shown: its
+// writer is still writing.
 func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) token.Reason) (Attr, error) {
 	parsed, err := s.parse(content, check)
 	if err != nil {
@@ -356,17 +369,21 @@ func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) tok
 	}
 	s.mu.Lock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() {
+	if f == nil {
 		s.mu.Unlock()
 		parsed.wipe()
 		return Attr{}, ErrNotFound
 	}
+	was := f.visible()
 	s.setLocked(f, parsed)
 	a, vis, name := f.attr(), f.visible(), f.name
 	s.mu.Unlock()
-	if vis {
+	switch {
+	case vis && was:
 		s.notify([]Change{{Modified, name, ino}})
-	} else {
+	case vis:
+		s.notify([]Change{{Added, name, ino}})
+	case was:
 		s.notify([]Change{{Removed, name, ino}})
 	}
 	return a, nil
@@ -466,7 +483,10 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 	f.content = next
 	// Keep why recent tokens were hidden, for `tokend list --all`; the
 	// oldest go first.
-	f.hidden = append(f.hidden, Info{Name: f.name, ID: t.id, Token: *t.tok, Reason: r, Hidden: true})
+	// A token written again (a writer's second write) is remembered once.
+	if !slices.ContainsFunc(f.hidden, func(in Info) bool { return in.Token == *t.tok && in.Reason == r }) {
+		f.hidden = append(f.hidden, Info{Name: f.name, ID: t.id, Token: *t.tok, Reason: r, Hidden: true})
+	}
 	if len(f.hidden) > maxHidden {
 		f.hidden = slices.Delete(f.hidden, 0, len(f.hidden)-maxHidden)
 	}

@@ -193,17 +193,17 @@ func runFetch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	live := isTerminal(stderr)
-	lastLine := time.Time{}
+	var lastLine time.Time
+	var lastID string
 	progress := func(p api.Progress) {
 		// A terminal gets one line updated in place; a log gets a line
-		// every ten seconds.
-		elapsed := time.Since(p.Started).Round(time.Second)
+		// when the request id appears and every ten seconds.
 		switch {
 		case live:
-			fmt.Fprintf(stderr, "\r\033[K%s [%s]", p.Message, elapsed)
-		case time.Since(lastLine) >= 10*time.Second:
-			fmt.Fprintf(stderr, "%s [%s]\n", p.Message, elapsed)
-			lastLine = time.Now()
+			fmt.Fprintf(stderr, "\r\033[K%s", p.Message)
+		case p.RequestID != lastID || time.Since(lastLine) >= 10*time.Second:
+			fmt.Fprintln(stderr, p.Message)
+			lastLine, lastID = time.Now(), p.RequestID
 		}
 	}
 	tok, err := cf.client().Fetch(ctx, api.FetchRequest{Name: *name, Lifetime: *lifetime, Authz: authz}, progress)

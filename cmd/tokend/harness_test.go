@@ -147,6 +147,13 @@ func (e *env) sign(sub string, life time.Duration, authz ...string) []byte {
 // answers with a valid session token.
 func (e *env) start() {
 	e.t.Helper()
+	e.launch()
+	e.waitReady()
+}
+
+// launch starts the agent as the user without waiting for it.
+func (e *env) launch() {
+	e.t.Helper()
 	e.log = &syncBuffer{}
 	e.agent = testenv.Command(e.u, e.bin, "agent", "--config", e.config)
 	e.agent.Stdout, e.agent.Stderr = e.log, e.log
@@ -155,7 +162,6 @@ func (e *env) start() {
 	}
 	e.done = make(chan error, 1)
 	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(e.agent, e.done)
-	e.waitReady()
 }
 
 func (e *env) waitReady() {

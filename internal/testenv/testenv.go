@@ -110,6 +110,8 @@ func Command(u User, name string, args ...string) *exec.Cmd {
 		"HOME=" + u.Home,
 		"USER=" + u.Name,
 		"LOGNAME=" + u.Name,
+		// Race-enabled binaries otherwise sleep a second at exit.
+		"GORACE=atexit_sleep_ms=0",
 	}
 	if u.UID == 0 {
 		cmd.SysProcAttr.Credential = nil
@@ -180,9 +182,21 @@ func ModuleRoot(t testing.TB) string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// runRoot holds every temporary directory of this test process (TMPDIR
+// points there), so that leaks are looked for among its own mounts only:
+// packages' tests run in parallel.
+var runRoot string
+
 // Main runs the tests, removes built binaries, and fails the run if a
-// tokend mount or a process started from a built binary is left behind.
+// tokend mount under this process's temporary directories or a process
+// started from a built binary is left behind.
 func Main(m *testing.M) {
+	if d, err := os.MkdirTemp("", "tokend-run-"); err == nil {
+		// Traversable, so the test users reach the directories made for them.
+		os.Chmod(d, 0o711)
+		runRoot = d
+		os.Setenv("TMPDIR", d)
+	}
 	code := m.Run()
 	if leaks := Leaks(); len(leaks) > 0 {
 		fmt.Fprintf(os.Stderr, "tests left things behind:\n  %s\n", strings.Join(leaks, "\n  "))
@@ -191,15 +205,20 @@ func Main(m *testing.M) {
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
+	if runRoot != "" && code == 0 {
+		os.RemoveAll(runRoot)
+	}
 	os.Exit(code)
 }
 
-// Leaks lists tokend FUSE mounts and processes running built binaries.
+// Leaks lists mounts under this process's temporary directories and
+// processes running its built binaries.
 func Leaks() []string {
 	var leaks []string
 	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for line := range strings.SplitSeq(string(data), "\n") {
-			if strings.Contains(line, " - fuse.tokend ") || strings.Contains(line, " - fuse tokend ") {
+			f := strings.Fields(line)
+			if len(f) > 4 && runRoot != "" && strings.HasPrefix(f[4], runRoot+"/") {
 				leaks = append(leaks, "mount: "+line)
 			}
 		}
