@@ -98,4 +98,3 @@ func ensurePrivateDir(dir string) error {
 }
 
 func socketDir(socket string) string { return filepath.Dir(socket) }
-

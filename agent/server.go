@@ -50,8 +50,10 @@ func (a *Agent) server(ctx context.Context) *http.Server {
 			r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBody)
 			mux.ServeHTTP(w, r)
 		}),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ConnContext:       func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, peerKey{}, peerOf(c)) },
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerOf(c))
+		},
 		ReadHeaderTimeout: 5 * time.Second,
 		MaxHeaderBytes:    8 << 10,
 		IdleTimeout:       time.Minute,

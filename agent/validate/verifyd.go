@@ -24,4 +24,3 @@ func (v Verifyd) CheckKey(ctx context.Context, raw []byte, t *token.Token) (toke
 	}
 	return "", fmt.Errorf("%w: verifyd answered an unknown reason %q", ErrCannotTell, resp.Reason)
 }
-
