@@ -57,7 +57,10 @@
 // # Access
 //
 // Without allow_other the kernel admits only processes whose uids are all the
-// mount owner's. Every request that reaches the filesystem is checked again
-// (owner, or root when Options.AllowRoot is set, for HTCondor's per-user
-// flocking).
+// mount owner's, cached or not. Options.AllowRoot (HTCondor's per-user
+// flocking) mounts with allow_other and default_permissions: the kernel then
+// checks the 0700/0600 modes against every caller, including for cached
+// entries and pages that never reach the filesystem, which admits the owner
+// and root only. Every request that does reach the filesystem is checked
+// again (owner, or root when AllowRoot is set).
 package fusefs

@@ -18,8 +18,9 @@ import (
 type Options struct {
 	UID, GID uint32 // owner of the mount and of every file
 
-	// AllowRoot mounts with allow_root and admits uid 0 besides the owner.
-	// It needs user_allow_other in /etc/fuse.conf for non-root mounts.
+	// AllowRoot admits uid 0 besides the owner (HTCondor's per-user
+	// flocking). It needs user_allow_other in /etc/fuse.conf for non-root
+	// mounts.
 	AllowRoot bool
 
 	// Audit answers OPEN (instead of ENOSYS) to log which process opened
@@ -99,7 +100,12 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		DirectMount: true,
 	}
 	if opt.AllowRoot {
-		mo.Options = append(mo.Options, "allow_root")
+		// The kernel knows only allow_other (fusermount3 refuses
+		// allow_root; libfuse emulates it in userspace). Most reads never
+		// reach us, so the kernel itself must keep other users out:
+		// default_permissions makes it check the 0700/0600 modes against
+		// every caller, which admits the owner and root only.
+		mo.Options = append(mo.Options, "allow_other", "default_permissions")
 	}
 	server, err := fuse.NewServer(fs, dir, mo)
 	if err != nil {

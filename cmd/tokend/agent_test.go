@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
@@ -280,3 +281,25 @@ func TestControlSocket(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// With allow_root (HTCondor's per-user flocking: the root schedd reads the
+// user's tokens with its effective uid switched) root gets in; other users
+// still do not.
+func TestAllowRoot(t *testing.T) {
+	e := newEnv(t, map[string]string{"allow_root": "true"})
+	e.start()
+	files, err := condor.Read(e.dir, e.u.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, tok, ok := condor.Pick(files); !ok || string(tok) != e.read().Pick {
+		t.Fatalf("root with allow_root read %+v", files)
+	}
+	other := testenv.Lookup(t, testenv.OtherName)
+	os.Chmod(e.work, 0o711)
+	var res map[string]string
+	e.sim(other, &res, "", "access", e.dir, "tokend-session")
+	if res["open-read"] != "EACCES" || res["readdir"] != "EACCES" {
+		t.Fatalf("another user with allow_root: %v", res)
+	}
+}

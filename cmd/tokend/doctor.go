@@ -2,11 +2,37 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"os"
+
+	"github.com/tokend/tokend/doctor"
 )
 
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "tokend doctor: not yet")
-	return exitFailure
+	fl := flag.NewFlagSet("tokend doctor", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	socket := fl.String("socket", "", "agent socket `path`")
+	configFile := fl.String("config", os.Getenv("TOKEND_CONFIG"), "config `file`")
+	asJSON := fl.Bool("json", false, "print JSON for scripts")
+	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
+		return exitUsage
+	}
+	checks := doctor.Run(ctx, doctor.Options{ConfigFile: *configFile, Socket: *socket})
+	if *asJSON {
+		printJSON(stdout, checks)
+	} else {
+		marks := map[string]string{doctor.OK: "ok  ", doctor.Warn: "WARN", doctor.Fail: "FAIL"}
+		for _, c := range checks {
+			fmt.Fprintf(stdout, "%s  %-22s %s\n", marks[c.Status], c.Name, c.Detail)
+			if c.Fix != "" {
+				fmt.Fprintf(stdout, "      %-22s fix: %s\n", "", c.Fix)
+			}
+		}
+	}
+	if doctor.Failed(checks) {
+		return exitDoctor
+	}
+	return exitOK
 }
