@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -36,11 +37,23 @@ func errno(err error) fuse.Status {
 	return fuse.EIO
 }
 
-// exeOf names the executable of pid for the audit log.
-func exeOf(pid uint32) string {
-	exe, err := os.Readlink("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/exe")
-	if err != nil {
-		return "?"
+// opener names the process behind a request: FUSE gives the calling
+// thread's id; the audit log wants its process and executable.
+func opener(tid uint32) (pid int, exe string) {
+	dir := "/proc/" + strconv.FormatUint(uint64(tid), 10)
+	pid = int(tid)
+	if status, err := os.ReadFile(dir + "/status"); err == nil {
+		for line := range strings.SplitSeq(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					pid = n
+				}
+			}
+		}
 	}
-	return exe
+	exe, err := os.Readlink(dir + "/exe")
+	if err != nil {
+		exe = "?"
+	}
+	return pid, exe
 }

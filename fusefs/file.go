@@ -20,7 +20,8 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 	if !ok {
 		return fuse.ENOENT
 	}
-	fs.log.Info("token file opened", "name", name, "pid", in.Caller.Pid, "exe", exeOf(in.Caller.Pid), "flags", in.Flags)
+	pid, exe := opener(in.Caller.Pid)
+	fs.log.Info("token file opened", "name", name, "pid", pid, "exe", exe, "flags", in.Flags)
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	return fuse.OK
 }

@@ -466,3 +466,22 @@ func TestStatfs(t *testing.T) {
 		t.Fatalf("statfs type %x", s.Type)
 	}
 }
+
+// In audit mode every open reaches the filesystem and is logged with the
+// opener; reads still come from the cache.
+func TestAudit(t *testing.T) {
+	f := mount(t, store.Limits{}, func(o *Options) { o.Audit = true })
+	f.put(t, "tok", append(newToken(t, "a@x"), '\n'))
+	for range 2 {
+		if out, err := exec.Command("cat", f.path("tok")).CombinedOutput(); err != nil {
+			t.Fatalf("cat: %v: %s", err, out)
+		}
+	}
+	log := f.log.String()
+	if n := strings.Count(log, "token file opened"); n != 2 {
+		t.Fatalf("%d opens logged, want 2:\n%s", n, log)
+	}
+	if !strings.Contains(log, "name=tok") || !strings.Contains(log, "exe=/usr/bin/cat") {
+		t.Fatalf("the audit line does not name the file and the opener:\n%s", log)
+	}
+}
