@@ -116,8 +116,11 @@ func (a *Agent) planSession(rotatedAt time.Time) time.Time {
 		// or none is planned; a failed fetch keeps its backoff.
 		if s.state == api.SessionValid || s.next.IsZero() {
 			s.next = now
+			// Drawn from now, not from the key change: agents learn of a
+			// rotation at different moments, and drawing from the change
+			// would bunch up everyone who learnt late.
 			if !rotatedAt.IsZero() && now.Sub(rotatedAt) < rotationJitter {
-				s.next = rotatedAt.Add(rand.N(rotationJitter))
+				s.next = now.Add(rand.N(rotationJitter))
 			}
 		}
 		s.state, s.exp, s.iat = api.SessionMissing, 0, 0
