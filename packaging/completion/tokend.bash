@@ -1,0 +1,65 @@
+# bash completion for tokend                                  -*- shell-script -*-
+
+_tokend() {
+	local cur prev words cword
+	_init_completion 2>/dev/null || {
+		cur=${COMP_WORDS[COMP_CWORD]}
+		prev=${COMP_WORDS[COMP_CWORD-1]}
+		words=("${COMP_WORDS[@]}")
+		cword=$COMP_CWORD
+	}
+
+	local commands="status list fetch rm wipe session agent verifyd doctor demo version help"
+	if [[ $cword -eq 1 ]]; then
+		COMPREPLY=($(compgen -W "$commands" -- "$cur"))
+		return
+	fi
+
+	case $prev in
+	--config | --pool-key)
+		COMPREPLY=($(compgen -f -- "$cur"))
+		return
+		;;
+	--dir | --password-dir)
+		COMPREPLY=($(compgen -d -- "$cur"))
+		return
+		;;
+	--socket)
+		COMPREPLY=($(compgen -f -- "$cur"))
+		return
+		;;
+	--name | --lifetime | --authz | --pid | --timeout)
+		return
+		;;
+	esac
+
+	local flags=""
+	case ${words[1]} in
+	status | doctor) flags="--json --socket" ;;
+	list | ls) flags="--all --json --socket" ;;
+	fetch) flags="--name --lifetime --authz --json --socket" ;;
+	rm)
+		if [[ $cur != -* ]]; then
+			# Token names, from the agent (never the tokens themselves).
+			local names
+			names=$(tokend list --json 2>/dev/null | sed -n 's/^ *"name": "\(.*\)",$/\1/p')
+			COMPREPLY=($(compgen -W "$names" -- "$cur"))
+			return
+		fi
+		flags="--socket"
+		;;
+	wipe) flags="--logout --socket" ;;
+	session)
+		if [[ $cword -eq 2 && $cur != -* ]]; then
+			COMPREPLY=($(compgen -W "open close" -- "$cur"))
+			return
+		fi
+		flags="--config --pid --timeout"
+		;;
+	agent) flags="--config --dir --socket" ;;
+	verifyd) flags="--config --socket --password-dir --pool-key" ;;
+	esac
+	COMPREPLY=($(compgen -W "$flags" -- "$cur"))
+}
+
+complete -F _tokend tokend
