@@ -148,7 +148,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	if err := ensureDir(a.dir); err != nil {
 		return err
 	}
-	a.importLegacy()
+	under, moved := a.importLegacy()
 
 	a.fs, err = fusefs.Mount(a.dir, a.store, fusefs.Options{
 		UID:       uint32(os.Getuid()),
@@ -160,8 +160,12 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	})
 	if err != nil {
 		a.store.Close()
+		if under != nil {
+			under.Close() // the moved files stay on disk
+		}
 		return fmt.Errorf("%w (`tokend doctor` checks fuse3, /dev/fuse and fusermount3)", err)
 	}
+	a.removeMoved(under, moved)
 	defer func() {
 		// Zero first, so nothing is readable while the mount goes away.
 		a.store.Close()
@@ -192,15 +196,23 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	}
 	wg.Go(func() { a.sessions.watch(ctx) })
 
+	var gone error
 	select {
 	case <-ctx.Done():
 		a.log.Info("stopping", "why", context.Cause(ctx))
 	case <-a.logout:
 		a.log.Info("stopping: logout")
+	case <-a.fs.Gone():
+		// Someone unmounted it (fusermount3 -u, umount): the tools no
+		// longer see the tokens. Rather than hold them for nobody, or
+		// fight whoever unmounted it, wipe and exit with an error: the
+		// service manager restarts the agent, which mounts afresh.
+		gone = fmt.Errorf("the token directory %s was unmounted under the agent: tokens wiped; start the agent again (systemctl --user restart tokend, or log in again) to mount it", a.dir)
+		a.log.Error("stopping: the token directory was unmounted", "dir", a.dir)
 	}
 	cancel()
 	wg.Wait()
-	return nil
+	return gone
 }
 
 // Logout ends the agent: wipe, unmount, exit.

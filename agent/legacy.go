@@ -6,19 +6,23 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/secmem"
 )
 
 // importLegacy reads the token files already on disk in the token directory,
 // before the mount hides them, and keeps the valid ones in memory. With
-// legacy = move the imported files are deleted; with ignore nothing is read.
-// Either way the agent says what it left on disk.
-func (a *Agent) importLegacy() {
+// legacy = move the imported files are deleted, but only once the mount is
+// up (removeMoved): a mount that fails must not cost them. It returns them
+// and their directory, opened before the mount covers it. With ignore
+// nothing is read. Either way the agent says what it leaves on disk.
+func (a *Agent) importLegacy() (under *os.File, moved []string) {
 	entries, err := os.ReadDir(a.dir)
 	if err != nil {
 		a.log.Warn("could not read the token directory before mounting", "dir", a.dir, "err", err)
-		return
+		return nil, nil
 	}
 	var imported, left []string
 	for _, e := range entries {
@@ -36,10 +40,7 @@ func (a *Agent) importLegacy() {
 			continue
 		}
 		if a.cfg.Legacy == config.LegacyMove {
-			if err := os.Remove(path); err != nil {
-				a.log.Warn("imported a token but could not delete its file", "file", path, "err", err)
-				left = append(left, e.Name())
-			}
+			moved = append(moved, e.Name())
 		} else {
 			left = append(left, e.Name())
 		}
@@ -48,9 +49,30 @@ func (a *Agent) importLegacy() {
 	if len(imported) > 0 {
 		a.log.Info("imported token files from disk", "dir", a.dir, "files", imported, "legacy", a.cfg.Legacy)
 	}
+	if len(moved) > 0 {
+		if under, err = os.Open(a.dir); err != nil {
+			a.log.Warn("imported tokens but cannot delete their files", "dir", a.dir, "err", err)
+			left, moved = append(left, moved...), nil
+		}
+	}
 	if len(left) > 0 {
 		a.log.Warn("plaintext files remain on disk under the mount: HTCondor no longer sees them, but they are still on disk; delete them, or set legacy = \"move\"",
 			"dir", a.dir, "files", left)
+	}
+	return under, moved
+}
+
+// removeMoved deletes the files importLegacy moved into memory, now that
+// the mount is up, through under: the directory as it is beneath the mount.
+func (a *Agent) removeMoved(under *os.File, moved []string) {
+	if under == nil {
+		return
+	}
+	defer under.Close()
+	for _, name := range moved {
+		if err := unix.Unlinkat(int(under.Fd()), name, 0); err != nil {
+			a.log.Warn("imported a token but could not delete its file; it remains on disk under the mount", "file", filepath.Join(a.dir, name), "err", err)
+		}
 	}
 }
 

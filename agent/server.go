@@ -48,6 +48,10 @@ func (a *Agent) server(ctx context.Context) *http.Server {
 				return
 			}
 			r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBody)
+			if _, pattern := mux.Handler(r); pattern == "" {
+				writeError(w, unrouted(mux, r))
+				return
+			}
 			mux.ServeHTTP(w, r)
 		}),
 		BaseContext: func(net.Listener) context.Context { return ctx },
@@ -59,6 +63,29 @@ func (a *Agent) server(ctx context.Context) *http.Server {
 		IdleTimeout:       time.Minute,
 	}
 }
+
+// unrouted is the error for a request no handler takes: an unknown path
+// (not-found) or a known path with another method (method-not-allowed), in
+// the API's {code, message} shape rather than the mux's plain text.
+func unrouted(mux *http.ServeMux, r *http.Request) *api.Error {
+	h, _ := mux.Handler(r)
+	probe := &statusProbe{header: http.Header{}}
+	h.ServeHTTP(probe, r)
+	if probe.code == http.StatusMethodNotAllowed {
+		return api.Errorf(api.CodeNoMethod, "%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, probe.header.Get("Allow"))
+	}
+	return api.Errorf(api.CodeNotFound, "no such API path %s", r.URL.Path)
+}
+
+// statusProbe records only the status a handler answers with.
+type statusProbe struct {
+	header http.Header
+	code   int
+}
+
+func (p *statusProbe) Header() http.Header         { return p.header }
+func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *statusProbe) WriteHeader(code int)        { p.code = code }
 
 func peerOf(c net.Conn) peer {
 	uc, ok := c.(*net.UnixConn)
@@ -237,7 +264,11 @@ func (a *Agent) handleSession(w http.ResponseWriter, r *http.Request) {
 	case "open":
 		n, err := a.sessions.Open(req.PID)
 		if err != nil {
-			writeError(w, api.Errorf(api.CodeBadRequest, "%v", err))
+			code := api.CodeBadRequest
+			if errors.Is(err, ErrWiping) {
+				code = api.CodeBusy
+			}
+			writeError(w, api.Errorf(code, "%v", err))
 			return
 		}
 		resp.Sessions = n

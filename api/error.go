@@ -12,6 +12,7 @@ const (
 	CodeTooLarge    = "too-large"
 	CodeForbidden   = "forbidden"
 	CodeNotFound    = "not-found"
+	CodeNoMethod    = "method-not-allowed"
 	CodeFetchFailed = "fetch-failed"
 	CodeBusy        = "busy"
 	CodeInternal    = "internal"
@@ -42,6 +43,8 @@ func (e *Error) Status() int {
 		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
+	case CodeNoMethod:
+		return http.StatusMethodNotAllowed
 	case CodeBusy:
 		return http.StatusConflict
 	case CodeFetchFailed:

@@ -41,10 +41,20 @@
 //     keep seeing the previous content.
 //
 // The draft outlives each commit, so the writer's next write lands where the
-// writer thinks it does even if hiding changed the committed content. It is
+// writer thinks it does even if hiding changed the committed content.
+//
+// Readers and writers share the kernel's page cache, which the kernel fills
+// with a writer's bytes before WRITE reaches us. So a truncation (the start
+// of a rewrite) drops the file's cached pages at once, and every write moves
+// the mtime on by at least a second (HTCondor's "modified during reading"
+// check compares whole seconds). An append racing a reader within one round
+// trip can still be read half written, as on any filesystem; the agent's own
+// changes never can: the store replaces a file by a new inode (store.Put),
+// as a rename over it would. It is
 // dropped after Options.DraftTimeout without writes (with a log line if its
-// last state was never committed), when a writer closes a file it created,
-// or when the file is removed.
+// last state was never committed), when a writer closes a file it created
+// (the kernel says so only until OPEN first answered ENOSYS), or when the
+// file is removed.
 //
 // # Locking
 //

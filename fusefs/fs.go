@@ -1,8 +1,11 @@
 package fusefs
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +60,9 @@ type FS struct {
 
 	dirMtime atomic.Int64 // unix nanoseconds of the last change of names
 
+	gone     chan struct{} // closed when the kernel ends the mount
+	goneOnce sync.Once
+
 	mu      sync.Mutex        // guards the fields below
 	drafts  map[uint64]*draft // inode -> write in progress
 	created map[uint64]uint64 // file handle from CREATE -> inode
@@ -83,6 +89,7 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		opt:           opt,
 		log:           opt.Logger.With("component", "fusefs"),
 		dir:           dir,
+		gone:          make(chan struct{}),
 		drafts:        make(map[uint64]*draft),
 		created:       make(map[uint64]uint64),
 	}
@@ -107,6 +114,11 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		// every caller, which admits the owner and root only.
 		mo.Options = append(mo.Options, "allow_other", "default_permissions")
 	}
+	if os.Geteuid() != 0 {
+		if err := canUserMount(); err != nil {
+			return nil, fmt.Errorf("could not mount %s: %w", dir, err)
+		}
+	}
 	server, err := fuse.NewServer(fs, dir, mo)
 	if err != nil {
 		return nil, fmt.Errorf("could not mount %s: %w", dir, err)
@@ -121,19 +133,54 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 	return fs, nil
 }
 
+// canUserMount checks what an ordinary user's mount needs, to say what is
+// missing rather than pass on fusermount3's exit status.
+func canUserMount() error {
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		if _, err := exec.LookPath("/bin/fusermount3"); err != nil { // go-fuse looks there too
+			return errors.New("fusermount3 is missing or not executable: install fuse3 (apt-get install fuse3)")
+		}
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot open /dev/fuse (%w): an administrator makes it usable by users (chmod 666 /dev/fuse, the default once fuse3 is installed)", err)
+	}
+	return f.Close()
+}
+
 // Dir returns the mount point.
 func (fs *FS) Dir() string { return fs.dir }
+
+// Gone is closed when the kernel has ended the mount: after Unmount, or
+// when someone else unmounted it (fusermount3 -u, umount). A lazy unmount of
+// a busy mount ends it only when its last user leaves.
+func (fs *FS) Gone() <-chan struct{} { return fs.gone }
+
+// OnUnmount is called by go-fuse once the kernel has ended the mount.
+func (fs *FS) OnUnmount() { fs.goneOnce.Do(func() { close(fs.gone) }) }
 
 // Unmount detaches the mount, stops the notifier and drops every draft. The
 // store is left alone: wipe it first. A busy mount (a shell's working
 // directory inside it) is detached lazily and served until its last user
-// leaves or this process exits.
+// leaves or this process exits. A mount someone else ended needs nothing
+// more, unless its connection was aborted, which leaves a dead mount point.
 func (fs *FS) Unmount() error {
-	err := fs.server.Unmount()
-	if err == nil {
-		fs.server.Wait()
-	} else {
-		err = detach(fs.dir)
+	var err error
+	select {
+	case <-fs.gone:
+		if Mounted(fs.dir) {
+			err = detach(fs.dir)
+		}
+	default:
+		if err = fs.server.Unmount(); err == nil {
+			fs.server.Wait()
+		} else {
+			err = detach(fs.dir)
+		}
 	}
 	fs.notes.stop(true)
 	fs.mu.Lock()

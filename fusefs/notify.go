@@ -100,6 +100,13 @@ func (n *notifier) send(srv *fuse.Server, batch []note) {
 			n.check(srv.InodeNotify(c.Ino, 0, 0), "content", c)
 			n.removed(c.Ino)
 			dirChanged = true
+		case c.Kind == store.Replaced:
+			// As after a rename over the name: the next lookup finds the
+			// new inode, while a reader half way through the old one
+			// finishes it (its cached pages hold a token still good).
+			n.check(srv.DeleteNotify(rootIno, c.Old, c.Name), "delete", c)
+			n.removed(c.Old)
+			dirChanged = true
 		}
 	}
 	if dirChanged {

@@ -100,6 +100,9 @@ func (fs *FS) dropDraftLocked(ino uint64) {
 func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	state, err := token.CheckDraft(d.bytes())
 	if state == token.DraftBad {
+		// The writer's bytes went through the page cache that readers
+		// share; a new mtime lets a reader that took them in notice.
+		fs.store.Touch(ino)
 		fs.dropDraftLocked(ino)
 		fs.log.Warn("refused a write: not a token file; the file keeps its previous content", "name", name, "reason", err.Error())
 		return fuse.EINVAL
@@ -107,6 +110,7 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	d.timer.Reset(fs.opt.DraftTimeout)
 	if state == token.DraftPending || !hasToken(d.bytes()) {
 		d.committed = false
+		fs.store.Touch(ino)
 		fs.notes.invalidate(ino)
 		return fuse.OK
 	}
@@ -143,23 +147,30 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 	if !ok {
 		return 0, fuse.ENOENT
 	}
-	end := int64(in.Offset) + int64(len(data))
-	if end > int64(fs.store.Limits().MaxFileSize) {
-		fs.log.Warn("refused a write: file too big", "name", name, "size", end)
-		return 0, fuse.Status(syscall.EFBIG)
-	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	d, st := fs.draftLocked(in.NodeId, name)
 	if st != fuse.OK {
 		return 0, st
 	}
+	off := int64(in.Offset)
+	if in.Flags&syscall.O_APPEND != 0 {
+		// The kernel puts an append at its cached size, which a truncation
+		// (answered with the committed size), a hide or a refresh may have
+		// made stale: append at the end of the content the writer sees.
+		off = int64(d.n)
+	}
+	end := off + int64(len(data))
+	if end > int64(fs.store.Limits().MaxFileSize) {
+		fs.log.Warn("refused a write: file too big", "name", name, "size", end)
+		return 0, fuse.Status(syscall.EFBIG)
+	}
 	if int(end) > d.n {
 		if err := d.resize(int(end)); err != nil {
 			return 0, fuse.Status(syscall.ENOMEM)
 		}
 	}
-	copy(d.bytes()[in.Offset:], data)
+	copy(d.bytes()[off:], data)
 	if st := fs.settleLocked(in.NodeId, name, d); st != fuse.OK {
 		return 0, st
 	}
@@ -171,6 +182,19 @@ func (fs *FS) truncate(ino uint64, name string, size uint64) fuse.Status {
 	if size > uint64(fs.store.Limits().MaxFileSize) {
 		return fuse.Status(syscall.EFBIG)
 	}
+	st := fs.truncateDraft(ino, name, size)
+	// A truncation starts a rewrite (O_TRUNC, HTCondor's ftruncate): drop
+	// the file's cached pages now, before the writes that follow. The
+	// kernel copies a write into a cached page before it tells us, and
+	// readers share that page; into a page that is not cached it cannot, so
+	// readers wait for the write instead of taking in half of it. Safe to
+	// do here, with no lock held: no writer of this file holds a page lock
+	// while waiting for a truncation.
+	fs.server.InodeNotify(ino, 0, 0)
+	return st
+}
+
+func (fs *FS) truncateDraft(ino uint64, name string, size uint64) fuse.Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	d, st := fs.draftLocked(ino, name)
@@ -198,6 +222,14 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	}
 	fs.entryOut(a, &out.EntryOut)
 	fs.mu.Lock()
+	// Once the kernel has learned that OPEN is not implemented it no longer
+	// sends RELEASE for created files either: forget the handles of files
+	// that are gone, or the map would grow with every file ever created.
+	for fh, ino := range fs.created {
+		if _, ok := fs.store.Exists(ino); !ok {
+			delete(fs.created, fh)
+		}
+	}
 	fs.lastFh++
 	fs.created[fs.lastFh] = a.Ino
 	out.Fh = fs.lastFh
@@ -225,7 +257,9 @@ func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *
 	return fuse.OK
 }
 
-// Release ends a handle from Create: its writer is done.
+// Release ends a handle from Create: its writer is done. The kernel sends
+// it only until OPEN first answers ENOSYS; after that a created file's
+// pending draft ends at the draft timeout instead.
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()

@@ -34,7 +34,14 @@ var (
 	warn       = func(error) {}
 
 	mlock = unix.Mlock // replaced in tests
+
+	// live counts buffers made and not yet wiped.
+	live atomic.Int64
 )
+
+// Live returns the number of buffers made and not yet wiped. Tests use it to
+// find leaks: a buffer never wiped is a secret never zeroed.
+func Live() int { return int(live.Load()) }
 
 // SetWarn sets the function told once when memory cannot be locked (for
 // example RLIMIT_MEMLOCK is too low). Call it before the first New.
@@ -60,6 +67,7 @@ func New(n int) (*Buffer, error) {
 	_ = unix.Madvise(mem, unix.MADV_DONTDUMP)
 	_ = unix.Madvise(mem, unix.MADV_WIPEONFORK)
 	b := &Buffer{mem: mem, n: n}
+	live.Add(1)
 	if err := mlock(mem); err != nil {
 		lockFailed.Store(true)
 		warnOnce.Do(func() {
@@ -103,6 +111,7 @@ func (b *Buffer) Wipe() {
 		_ = unix.Munlock(b.mem)
 	}
 	_ = unix.Munmap(b.mem)
+	live.Add(-1)
 	b.mem = nil
 	b.n = 0
 }

@@ -59,6 +59,7 @@ const (
 	Added    ChangeKind = iota // the name became visible
 	Modified                   // a visible file's content changed (same inode)
 	Removed                    // the name is no longer visible
+	Replaced                   // the name now has a new inode (Put): like a rename over it
 )
 
 // Change is one event given to listeners.
@@ -66,6 +67,7 @@ type Change struct {
 	Kind ChangeKind
 	Name string
 	Ino  uint64
+	Old  uint64 // Replaced: the inode the name had
 }
 
 // Info is the metadata of one token, visible or hidden. It never holds the
@@ -276,9 +278,10 @@ func (s *Store) Create(name string) (Attr, error) {
 		s.mu.Unlock()
 		return Attr{}, err
 	}
+	f.mtime = s.now()
 	a := f.attr()
 	s.mu.Unlock()
-	s.notify([]Change{{Added, name, a.Ino}})
+	s.notify([]Change{{Kind: Added, Name: name, Ino: a.Ino}})
 	return a, nil
 }
 
@@ -301,7 +304,7 @@ func (s *Store) newFileLocked(name string) (*file, error) {
 		s.dropLocked(victim)
 	}
 	s.lastIno++
-	f := &file{name: name, ino: s.lastIno, mtime: s.now(), hidden: hidden}
+	f := &file{name: name, ino: s.lastIno, hidden: hidden}
 	s.byName[name] = f
 	s.byIno[f.ino] = f
 	return f, nil
@@ -328,6 +331,10 @@ func (s *Store) dropLocked(f *file) {
 // otherwise nothing changes. The content is copied; the caller may wipe its
 // own copy. check, if not nil, is asked about every token before it is shown
 // (the quick local checks); a token it rejects is hidden at once.
+//
+// An existing file is replaced by a new one (a new inode), as a careful
+// writer replaces a file by renaming over it: a reader half way through the
+// old file keeps reading the old file, never a mix of the two.
 func (s *Store) Put(name string, content []byte, check func(*token.Token) token.Reason) (Attr, error) {
 	if err := s.CheckName(name); err != nil {
 		return Attr{}, err
@@ -337,26 +344,51 @@ func (s *Store) Put(name string, content []byte, check func(*token.Token) token.
 		return Attr{}, err
 	}
 	s.mu.Lock()
-	f := s.byName[name]
-	kind := Modified
-	if f == nil || !f.visible() {
-		kind = Added
-		if f, err = s.newFileLocked(name); err != nil {
-			s.mu.Unlock()
-			parsed.wipe()
-			return Attr{}, err
-		}
+	var old uint64
+	if f := s.byName[name]; f != nil && f.visible() {
+		old = f.ino
+	}
+	f, err := s.newFileLocked(name)
+	if err != nil {
+		s.mu.Unlock()
+		parsed.wipe()
+		return Attr{}, err
 	}
 	s.setLocked(f, parsed)
 	a, vis := f.attr(), f.visible()
 	s.mu.Unlock()
 	switch {
+	case vis && old != 0:
+		s.notify([]Change{{Kind: Replaced, Name: name, Ino: a.Ino, Old: old}})
 	case vis:
-		s.notify([]Change{{kind, name, a.Ino}})
-	case kind == Modified:
-		s.notify([]Change{{Removed, name, a.Ino}})
+		s.notify([]Change{{Kind: Added, Name: name, Ino: a.Ino}})
+	case old != 0:
+		s.notify([]Change{{Kind: Removed, Name: name, Ino: old}})
 	}
 	return a, nil
+}
+
+// Touch marks file ino as changed (a write that is not complete yet) without
+// changing its content: its mtime moves on, so that a reader half way
+// through it sees it was modified.
+func (s *Store) Touch(ino uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.byIno[ino]; f != nil {
+		f.mtime = s.later(f.mtime)
+	}
+}
+
+// later is the mtime of a change to a file whose mtime was prev: now, but
+// at least a second after prev. HTCondor compares whole seconds when it
+// checks that a file was not modified during reading; every change must
+// show at that resolution.
+func (s *Store) later(prev time.Time) time.Time {
+	now := s.now()
+	if next := prev.Add(time.Second); !prev.IsZero() && now.Before(next) {
+		return next
+	}
+	return now
 }
 
 // Replace sets the content of file ino (the filesystem's write path),
@@ -380,11 +412,11 @@ func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) tok
 	s.mu.Unlock()
 	switch {
 	case vis && was:
-		s.notify([]Change{{Modified, name, ino}})
+		s.notify([]Change{{Kind: Modified, Name: name, Ino: ino}})
 	case vis:
-		s.notify([]Change{{Added, name, ino}})
+		s.notify([]Change{{Kind: Added, Name: name, Ino: ino}})
 	case was:
-		s.notify([]Change{{Removed, name, ino}})
+		s.notify([]Change{{Kind: Removed, Name: name, Ino: ino}})
 	}
 	return a, nil
 }
@@ -440,7 +472,7 @@ func (s *Store) setLocked(f *file, p *parsed) {
 		s.lastID++
 		f.tokens[i].id = s.lastID
 	}
-	f.mtime = s.now()
+	f.mtime = s.later(f.mtime)
 	for i := len(f.tokens) - 1; i >= 0; i-- {
 		if r := p.reasons[i]; r != token.Valid {
 			s.hideLocked(f, i, r)
@@ -496,7 +528,7 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 		f.tokens[j].start -= cut
 		f.tokens[j].end -= cut
 	}
-	f.mtime = s.now()
+	f.mtime = s.later(f.mtime)
 }
 
 // Hide hides the token with the given id for reason r. It reports whether
@@ -512,9 +544,9 @@ func (s *Store) Hide(id uint64, r token.Reason) bool {
 			name, ino, vis := f.name, f.ino, f.visible()
 			s.mu.Unlock()
 			if vis {
-				s.notify([]Change{{Modified, name, ino}})
+				s.notify([]Change{{Kind: Modified, Name: name, Ino: ino}})
 			} else {
-				s.notify([]Change{{Removed, name, ino}})
+				s.notify([]Change{{Kind: Removed, Name: name, Ino: ino}})
 			}
 			return true
 		}
@@ -533,7 +565,7 @@ func (s *Store) Remove(name string) error {
 	}
 	s.dropLocked(f)
 	s.mu.Unlock()
-	s.notify([]Change{{Removed, name, f.ino}})
+	s.notify([]Change{{Kind: Removed, Name: name, Ino: f.ino}})
 	return nil
 }
 
@@ -560,7 +592,7 @@ func (s *Store) Rename(from, to string, noReplace bool) error {
 			return ErrExists
 		}
 		if old.visible() {
-			changes = append(changes, Change{Removed, to, old.ino})
+			changes = append(changes, Change{Kind: Removed, Name: to, Ino: old.ino})
 		}
 		s.dropLocked(old)
 	}
@@ -570,7 +602,7 @@ func (s *Store) Rename(from, to string, noReplace bool) error {
 		f.hidden[i].Name = to
 	}
 	s.byName[to] = f
-	changes = append(changes, Change{Removed, from, f.ino}, Change{Added, to, f.ino})
+	changes = append(changes, Change{Kind: Removed, Name: from, Ino: f.ino}, Change{Kind: Added, Name: to, Ino: f.ino})
 	s.mu.Unlock()
 	s.notify(changes)
 	return nil
@@ -643,7 +675,7 @@ func (s *Store) Wipe() {
 	var changes []Change
 	for _, f := range s.byName {
 		if f.visible() {
-			changes = append(changes, Change{Removed, f.name, f.ino})
+			changes = append(changes, Change{Kind: Removed, Name: f.name, Ino: f.ino})
 		}
 		s.dropLocked(f)
 	}

@@ -64,18 +64,30 @@ func TestPutReplaceAndEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Added, "f", attr.Ino}}) {
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Added, Name: "f", Ino: attr.Ino}}) {
 		t.Fatalf("events after create: %v", got)
 	}
 	attr2, err := s.Put("f", lines([]byte("# comment"), b), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if attr2.Ino != attr.Ino {
-		t.Fatalf("replacing content changed the inode: %d -> %d", attr.Ino, attr2.Ino)
+	// Put replaces the file as a rename over it would: a new inode.
+	if attr2.Ino == attr.Ino {
+		t.Fatalf("Put over a file kept its inode %d", attr.Ino)
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Modified, "f", attr.Ino}}) {
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Replaced, Name: "f", Ino: attr2.Ino, Old: attr.Ino}}) {
 		t.Fatalf("events after replace: %v", got)
+	}
+	// Replace (the filesystem's writer) keeps the inode.
+	attr3, err := s.Replace(attr2.Ino, lines([]byte("# comment"), b), nil)
+	if err != nil || attr3.Ino != attr2.Ino {
+		t.Fatalf("Replace: inode %d -> %d, %v", attr2.Ino, attr3.Ino, err)
+	}
+	if attr3.Mtime.Before(attr2.Mtime.Add(time.Second)) {
+		t.Fatalf("mtime moved from %v to %v: want at least a second (HTCondor compares whole seconds)", attr2.Mtime, attr3.Mtime)
+	}
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Modified, Name: "f", Ino: attr2.Ino}}) {
+		t.Fatalf("events after Replace: %v", got)
 	}
 	if got := content(t, s, "f"); got != "# comment\n"+string(b)+"\n" {
 		t.Fatalf("content %q", got)
@@ -112,7 +124,7 @@ func TestHideCutsLineAndKeepsWhy(t *testing.T) {
 	if got := content(t, s, "f"); got != "# keep me\n"+string(b)+"\n" {
 		t.Fatalf("after hiding the first token: %q", got)
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Modified, "f", attr.Ino}}) {
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Modified, Name: "f", Ino: attr.Ino}}) {
 		t.Fatalf("events: %v", got)
 	}
 	if s.Hide(infos[0].ID, token.RotatedKey) {
@@ -123,7 +135,7 @@ func TestHideCutsLineAndKeepsWhy(t *testing.T) {
 	if _, ok := s.Lookup("f"); ok {
 		t.Fatal("a file with every token hidden is still visible")
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Removed, "f", attr.Ino}}) {
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Removed, Name: "f", Ino: attr.Ino}}) {
 		t.Fatalf("events: %v", got)
 	}
 	infos = s.Infos()
@@ -211,7 +223,7 @@ func TestRenameRemoveWipe(t *testing.T) {
 	if err := s.Rename("a", "b", false); err != nil {
 		t.Fatal(err)
 	}
-	want := []Change{{Removed, "b", ab.Ino}, {Removed, "a", aa.Ino}, {Added, "b", aa.Ino}}
+	want := []Change{{Kind: Removed, Name: "b", Ino: ab.Ino}, {Kind: Removed, Name: "a", Ino: aa.Ino}, {Kind: Added, Name: "b", Ino: aa.Ino}}
 	if got := rec.take(); !slices.Equal(got, want) {
 		t.Fatalf("rename events %v, want %v", got, want)
 	}

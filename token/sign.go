@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -45,6 +46,9 @@ func sign(c Claims, kid string, key []byte, jti string) ([]byte, error) {
 		return nil, fmt.Errorf("token: sign: no issuer")
 	case c.Subject == "":
 		return nil, fmt.Errorf("token: sign: no subject")
+	case !utf8.ValidString(kid) || !utf8.ValidString(c.Issuer) || !utf8.ValidString(c.Subject):
+		// JSON would replace the bad bytes: the token would name another key.
+		return nil, fmt.Errorf("token: sign: key name, issuer and subject must be valid UTF-8")
 	case c.Lifetime < 0:
 		return nil, fmt.Errorf("token: sign: negative lifetime")
 	case len(key) == 0:

@@ -169,6 +169,20 @@ func access(dir, name string) map[string]string {
 	try("unlink", func() error { return os.Remove(p) })
 	try("access", func() error { return unix.Access(p, unix.R_OK) })
 	try("statfs", func() error { var s unix.Statfs_t; return unix.Statfs(dir, &s) })
+	// Everything else a process can ask of a file or the directory.
+	try("truncate", func() error { return os.Truncate(p, 0) })
+	try("utimes", func() error { return os.Chtimes(p, time.Now(), time.Now()) })
+	try("chown", func() error { return os.Chown(p, os.Getuid(), os.Getgid()) })
+	try("mkdir", func() error { return os.Mkdir(filepath.Join(dir, "intruder-dir"), 0o700) })
+	try("rmdir", func() error { return unix.Rmdir(p) })
+	try("symlink", func() error { return os.Symlink(name, filepath.Join(dir, "intruder-link")) })
+	try("link", func() error { return os.Link(p, filepath.Join(dir, "intruder-link")) })
+	try("mknod", func() error { return unix.Mknod(filepath.Join(dir, "intruder-fifo"), unix.S_IFIFO|0o600, 0) })
+	try("readlink", func() error { _, err := os.Readlink(p); return err })
+	try("getxattr", func() error { _, err := unix.Getxattr(p, "user.x", make([]byte, 64)); return err })
+	try("setxattr", func() error { return unix.Setxattr(p, "user.x", []byte("1"), 0) })
+	try("listxattr", func() error { _, err := unix.Listxattr(p, make([]byte, 256)); return err })
+	try("getxattr-dir", func() error { _, err := unix.Getxattr(dir, "user.x", make([]byte, 64)); return err })
 	return res
 }
 
