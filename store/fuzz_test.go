@@ -292,20 +292,13 @@ func (h *harness) step(in *input) {
 			h.wantErr(what, err, want)
 			return
 		}
-		m := h.visible(name)
-		if m == nil {
-			h.wantErr(what, err, h.newFile(name, a.Ino))
-			if err != nil {
-				return
-			}
-			m = h.model[name]
-		} else {
-			h.wantErr(what, err, nil)
-			if a.Ino != m.ino {
-				t.Fatalf("Put over visible %q changed its inode %d -> %d", name, m.ino, a.Ino)
-			}
+		// Put replaces any file of that name by a new one (a new inode),
+		// as a rename over it would.
+		h.wantErr(what, err, h.newFile(name, a.Ino))
+		if err != nil {
+			return
 		}
-		h.set(m, c)
+		h.set(h.model[name], c)
 	case opCreate:
 		name := fuzzNames[in.next(len(fuzzNames))]
 		a, err := h.s.Create(name)
@@ -476,6 +469,11 @@ func (h *harness) settleEvents() {
 		case Added:
 			if ok {
 				h.t.Fatalf("event: %q added twice (inodes %d, %d)", c.Name, ino, c.Ino)
+			}
+			h.seen[c.Name] = c.Ino
+		case Replaced:
+			if !ok || ino != c.Old {
+				h.t.Fatalf("event: %q replaced from inode %d, which the events never showed (have %d, %v)", c.Name, c.Old, ino, ok)
 			}
 			h.seen[c.Name] = c.Ino
 		case Modified, Removed:
