@@ -118,11 +118,7 @@ func newAgent(o Options) (*Agent, error) {
 		MaxFileSize: cfg.Limits.MaxFileSize,
 		MaxNameLen:  cfg.Limits.MaxNameLen,
 	})
-	a.store.OnChange(func(c store.Change) {
-		if c.Kind != store.Removed {
-			poke(a.changed)
-		}
-	})
+	a.store.OnChange(func(store.Change) { poke(a.changed) })
 	a.session.name = cfg.SessionToken
 	return a, nil
 }

@@ -111,9 +111,14 @@ func (a *Agent) planSession(rotatedAt time.Time) time.Time {
 		return wake
 	}
 	switch {
+	case session == nil && (s.state == api.SessionRemoved || s.state == api.SessionValid && !a.store.Has(s.name)):
+		// The user removed it (tokend rm, rm, tokend wipe): they asked
+		// for no token; `tokend fetch` brings one back. (A hidden token
+		// leaves its file behind, invisible, and is fetched again.)
+		s.state, s.exp, s.iat, s.next = api.SessionRemoved, 0, 0, time.Time{}
 	case session == nil:
-		// Plan a fetch when the token just went missing (hidden, removed)
-		// or none is planned; a failed fetch keeps its backoff.
+		// Plan a fetch when the token just went missing (hidden) or none
+		// is planned; a failed fetch keeps its backoff.
 		if s.state == api.SessionValid || s.next.IsZero() {
 			s.next = now
 			// Drawn from now, not from the key change: agents learn of a

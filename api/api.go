@@ -60,7 +60,7 @@ type Status struct {
 type Session struct {
 	Name        string     `json:"name"`
 	Method      string     `json:"method"` // exec | request | local
-	State       string     `json:"state"`  // valid | missing | fetching | waiting-approval | failed
+	State       string     `json:"state"`  // valid | missing | fetching | waiting-approval | failed | removed
 	Exp         *int64     `json:"exp,omitempty"`
 	NextRefresh *time.Time `json:"next_refresh,omitempty"`
 	LastFetch   *time.Time `json:"last_fetch,omitempty"`
@@ -76,6 +76,7 @@ const (
 	SessionFetching = "fetching"
 	SessionWaiting  = "waiting-approval"
 	SessionFailed   = "failed"
+	SessionRemoved  = "removed" // the user removed it (tokend rm, rm, tokend wipe): not fetched again until asked
 )
 
 // Validation says how tokens are checked.

@@ -251,6 +251,13 @@ func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	return secmem.From(f.bytes())
 }
 
+// Has reports whether a file of that name exists, shown or not.
+func (s *Store) Has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byName[name] != nil
+}
+
 // Exists returns the name of the file with inode ino, shown or not.
 func (s *Store) Exists(ino uint64) (string, bool) {
 	s.mu.Lock()

@@ -116,6 +116,8 @@ func describeSession(s api.Session) string {
 		}
 	case api.SessionWaiting:
 		fmt.Fprintf(&b, " (request %s; an administrator approves it with condor_token_request_approve -reqid %s)", s.RequestID, s.RequestID)
+	case api.SessionRemoved:
+		b.WriteString(" (by you; `tokend fetch` gets a new one)")
 	}
 	if s.NextRefresh != nil {
 		what := "refresh"

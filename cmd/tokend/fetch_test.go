@@ -167,3 +167,37 @@ func rewrite(t *testing.T, e *env, extra string) string {
 }
 
 func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+// A session token the user removes stays removed (they asked for no token)
+// until `tokend fetch`; one the agent hides is fetched again.
+func TestSessionTokenRemovedByUser(t *testing.T) {
+	e := newEnv(t, nil)
+	e.start()
+	if _, stderr, code := e.cli("rm", "tokend-session"); code != 0 {
+		t.Fatalf("rm: exit %d: %s", code, stderr)
+	}
+	testenv.Eventually(t, 5*time.Second, "status to say the session token was removed", func() bool {
+		st, err := e.status()
+		return err == nil && st.Session.State == api.SessionRemoved
+	})
+	// Another change makes the agent look again; it still does not fetch.
+	if errno := e.write("write", "other", e.sign("o@test.example", time.Hour)); errno != "" {
+		t.Fatal(errno)
+	}
+	testenv.Eventually(t, 5*time.Second, "the new token to be checked", func() bool {
+		return len(e.tokens(false)) == 1
+	})
+	if st, _ := e.status(); st.Session.State != api.SessionRemoved {
+		t.Fatalf("after another change the session token is %s", st.Session.State)
+	}
+	out, _, _ := e.cli("status")
+	if !strings.Contains(out, "tokend fetch") {
+		t.Fatalf("status does not say how to get it back:\n%s", out)
+	}
+	if _, stderr, code := e.cli("fetch"); code != 0 {
+		t.Fatalf("fetch: exit %d: %s", code, stderr)
+	}
+	if st, _ := e.status(); st.Session.State != api.SessionValid {
+		t.Fatalf("after tokend fetch the session token is %s", st.Session.State)
+	}
+}
