@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
@@ -129,8 +131,10 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		return err
 	}
 	defer func() {
-		ln.Close()
+		// Remove the socket while still holding the lock: a new agent may
+		// take both the moment the lock goes.
 		os.Remove(a.socket)
+		ln.Close()
 	}()
 
 	if stale, err := fusefs.RecoverStale(a.dir); err != nil {
@@ -144,6 +148,8 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	if err := ensureDir(a.dir); err != nil {
 		return err
 	}
+	// The kernel names the mount by its real path; so do we from here on.
+	a.dir = fusefs.Canonical(a.dir)
 	under, moved := a.importLegacy()
 
 	a.fs, err = fusefs.Mount(a.dir, a.store, fusefs.Options{
@@ -230,28 +236,59 @@ func poke(c chan struct{}) {
 
 // listen creates the control socket: its directory 0700, the socket 0600.
 // A socket that still answers belongs to a running agent and is left alone.
+//
+// An agent holds a lock beside its socket for its whole life, so that two
+// agents starting at once cannot both decide the socket is stale and take
+// it from each other. Closing the listener releases the lock.
 func listen(socket string) (net.Listener, error) {
-	if err := ensurePrivateDir(socketDir(socket)); err != nil {
+	if err := EnsurePrivateDir(socketDir(socket)); err != nil {
 		return nil, err
+	}
+	lock, err := os.OpenFile(socket+".lock", os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("another tokend agent is already running on %s", socket)
 	}
 	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
 		c.Close()
+		lock.Close()
 		return nil, fmt.Errorf("another tokend agent is already running on %s", socket)
 	}
 	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		lock.Close()
 		return nil, fmt.Errorf("could not remove the stale socket %s: %w", socket, err)
 	}
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("could not listen on %s: %w", socket, err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	// The directory is already private; the mode is a second fence.
 	if err := os.Chmod(socket, 0o600); err != nil {
 		ln.Close()
+		lock.Close()
 		return nil, err
 	}
-	return ln, nil
+	return &lockedListener{Listener: ln, lock: lock}, nil
+}
+
+// lockedListener releases the agent's lock when it is closed.
+type lockedListener struct {
+	net.Listener
+	lock *os.File
+}
+
+func (l *lockedListener) Close() error {
+	err := l.Listener.Close()
+	// Leave nothing behind in the runtime directory (systemd removes an
+	// empty one with the unit).
+	os.Remove(l.lock.Name())
+	l.lock.Close()
+	return err
 }
 
 // MemoryLocked reports whether every token buffer is locked in memory.

@@ -74,8 +74,9 @@ func ensureDir(dir string) error {
 	return nil
 }
 
-// ensurePrivateDir makes dir exist, owned by the user, mode 0700.
-func ensurePrivateDir(dir string) error {
+// EnsurePrivateDir makes dir (and missing parents) exist, a directory
+// owned by the user, mode 0700: where the agent's socket lives.
+func EnsurePrivateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("could not create %s: %w", dir, err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/tokend/tokend/agent/fetch"
@@ -38,6 +39,8 @@ const (
 // missing or due for refresh.
 func (a *Agent) keep(ctx context.Context) {
 	done := make(chan error, 1) // result of the running session fetch
+	var fetching sync.WaitGroup // the fetch ends (its command killed) with ctx
+	defer fetching.Wait()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	rotatedAt := time.Time{}
@@ -54,8 +57,11 @@ func (a *Agent) keep(ctx context.Context) {
 		}
 		a.validateAll(ctx)
 		wake := a.planSession(rotatedAt)
-		if a.dueForFetch() {
-			a.startFetch(ctx, done)
+		if a.startFetch() {
+			fetching.Go(func() {
+				_, err := a.fetchInto(ctx, a.session.name, fetch.Request{}, a.progress)
+				done <- err
+			})
 		}
 		timer.Reset(max(time.Until(wake), 0))
 	}
@@ -169,24 +175,27 @@ func earliest(a, b time.Time) time.Time {
 	return a
 }
 
-func (a *Agent) dueForFetch() bool {
+// startFetch marks a session fetch as started if one is due.
+func (a *Agent) startFetch() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := &a.session
-	return !s.fetching && !s.next.IsZero() && !time.Now().Before(s.next)
+	if s.fetching || s.next.IsZero() || time.Now().Before(s.next) {
+		return false
+	}
+	s.fetching, s.state = true, api.SessionFetching
+	return true
 }
 
-// startFetch runs a session fetch in the background; its result arrives on
-// done.
-func (a *Agent) startFetch(ctx context.Context, done chan<- error) {
+// resumeSession fetches a session token again for a new login, though the
+// user removed the last one: a login starts with a fresh token.
+func (a *Agent) resumeSession() {
 	a.mu.Lock()
-	a.session.fetching = true
-	a.session.state = api.SessionFetching
+	if a.session.state == api.SessionRemoved {
+		a.session.state = api.SessionMissing
+	}
 	a.mu.Unlock()
-	go func() {
-		_, err := a.fetchInto(ctx, a.session.name, fetch.Request{}, a.progress)
-		done <- err
-	}()
+	poke(a.changed)
 }
 
 // progress records a long fetch's progress in the status.

@@ -38,6 +38,9 @@ func TestRefreshTime(t *testing.T) {
 		seen := map[time.Time]bool{}
 		for range 50 {
 			at := refreshTime(iat, exp, c.margin)
+			if c.margin >= c.life && at.After(time.Unix(iat, 0)) {
+				t.Fatalf("life %v margin %v: refresh at %v, want at once: the token is within its margin from the start", c.life, c.margin, at)
+			}
 			if at.After(deadline) && c.margin < c.life {
 				t.Fatalf("life %v margin %v: refresh at %v is after exp-margin %v", c.life, c.margin, at, deadline)
 			}

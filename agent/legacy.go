@@ -76,12 +76,28 @@ func (a *Agent) removeMoved(under *os.File, moved []string) {
 	}
 }
 
+// importFile imports one file if HTCondor would have read it: a regular
+// file (not a symlink, not a FIFO swapped in meanwhile) owned by the user
+// and private to them, as read_secure_file demands.
 func (a *Agent) importFile(name, path string) error {
-	f, err := os.Open(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	defer f.Close()
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		return fmt.Errorf("not a regular file")
+	case int(st.Uid) != os.Getuid():
+		return fmt.Errorf("owned by uid %d, not you: HTCondor would refuse it too", st.Uid)
+	case st.Mode&0o077 != 0:
+		return fmt.Errorf("readable by others (mode %o): HTCondor would refuse it too; chmod 600 it and restart the agent to import it", st.Mode&0o777)
+	}
 	max := a.store.Limits().MaxFileSize
 	buf, err := secmem.New(max + 1)
 	if err != nil {

@@ -273,6 +273,7 @@ func (a *Agent) handleSession(w http.ResponseWriter, r *http.Request) {
 		}
 		resp.Sessions = n
 		a.log.Info("login session opened", "pid", req.PID, "sessions", n)
+		a.resumeSession()
 	case "close":
 		resp.Sessions, resp.Wiped = a.sessions.Close(req.PID)
 		a.log.Info("login session closed", "pid", req.PID, "sessions", resp.Sessions)

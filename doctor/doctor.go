@@ -165,7 +165,7 @@ func mount(dir string, st *api.Status) Check {
 	if fusefs.Mounted(dir) {
 		return Check{"mount", OK, dir + " is served by tokend", ""}
 	}
-	if st != nil && st.Dir != dir {
+	if st != nil && fusefs.Canonical(st.Dir) != fusefs.Canonical(dir) {
 		return Check{"mount", Fail, fmt.Sprintf("the agent serves %s but the tools read %s", st.Dir, dir), "make dir in the config agree with SEC_TOKEN_DIRECTORY"}
 	}
 	c := Check{"mount", Fail, dir + " is not mounted: the tools read plain files on disk", "start the agent"}

@@ -45,7 +45,9 @@
 //
 // Readers and writers share the kernel's page cache, which the kernel fills
 // with a writer's bytes before WRITE reaches us. So a truncation (the start
-// of a rewrite) drops the file's cached pages at once, and every write moves
+// of a rewrite) is answered with the size the writer asked for, which makes
+// the kernel drop the file's cached pages itself (readers see an empty file
+// until the rewrite is committed, never half of one), and every write moves
 // the mtime on by at least a second (HTCondor's "modified during reading"
 // check compares whole seconds). An append racing a reader within one round
 // trip can still be read half written, as on any filesystem; the agent's own
@@ -58,10 +60,12 @@
 //
 // # Locking
 //
-// FS.mu guards the drafts and the directory mtime. The store has its own lock;
+// FS.mu guards the drafts and the handles from CREATE; the directory mtime
+// is atomic. The store has its own lock;
 // FS.mu may be held while calling the store, never the other way round (the
-// store calls listeners after unlocking). Notify* is only called from the
-// notifier goroutine, with no lock held and never inside a request handler:
+// store calls listeners after unlocking). Notify* is only called by the
+// notifier (its goroutine, and its flush at unmount), with no lock held and
+// never inside a request handler:
 // the kernel may hold locks that wait for the very request being served.
 //
 // # Access

@@ -84,7 +84,8 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 		fs.log.Warn("refused chgrp", "name", name, "gid", gid)
 		return fuse.EPERM
 	}
-	if size, ok := in.GetSize(); ok {
+	size, truncating := in.GetSize()
+	if truncating {
 		if isRoot {
 			return fuse.EISDIR
 		}
@@ -92,7 +93,19 @@ func (fs *FS) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Attr
 			return st
 		}
 	}
-	return fs.GetAttr(cancel, &fuse.GetAttrIn{InHeader: in.InHeader}, out)
+	st := fs.GetAttr(cancel, &fuse.GetAttrIn{InHeader: in.InHeader}, out)
+	if st == fuse.OK && truncating {
+		// Answer with the size the writer asked for, though the file keeps
+		// its content until the rewrite is complete: a size that differs
+		// from the kernel's makes it drop the file's cached pages itself,
+		// before the writes that follow. Those writes then cannot land in a
+		// page readers share: readers wait for them, or read from us.
+		// Readers see that size (often 0: no token, not half of one) until
+		// the rewrite is committed and the notifier refreshes them.
+		out.Size = size
+		out.Blocks = (size + 511) / 512
+	}
+	return st
 }
 
 func modeString(m uint32) string {

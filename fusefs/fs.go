@@ -95,7 +95,6 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 	}
 	fs.dirMtime.Store(time.Now().UnixNano())
 	fs.notes = newNotifier(fs.log, fs.forgetDraft)
-	st.OnChange(fs.onChange)
 
 	mo := &fuse.MountOptions{
 		FsName: "tokend",
@@ -129,6 +128,9 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		_ = server.Unmount()
 		return nil, fmt.Errorf("mount %s did not come up: %w", dir, err)
 	}
+	// Listen only once mounted: before, the kernel has nothing cached, and
+	// a failed mount must leave no listener behind.
+	st.OnChange(fs.onChange)
 	fs.notes.start(server)
 	return fs, nil
 }
@@ -169,6 +171,15 @@ func (fs *FS) OnUnmount() { fs.goneOnce.Do(func() { close(fs.gone) }) }
 // leaves or this process exits. A mount someone else ended needs nothing
 // more, unless its connection was aborted, which leaves a dead mount point.
 func (fs *FS) Unmount() error {
+	// Writers' drafts may hold tokens: they go first. Then the kernel is
+	// told of every change already made (a wipe): a busy mount lingers
+	// after a lazy unmount, and must not keep cached tokens.
+	fs.mu.Lock()
+	for ino, d := range fs.drafts {
+		d.drop()
+		delete(fs.drafts, ino)
+	}
+	fs.mu.Unlock()
 	var err error
 	select {
 	case <-fs.gone:
@@ -176,6 +187,7 @@ func (fs *FS) Unmount() error {
 			err = detach(fs.dir)
 		}
 	default:
+		fs.notes.flush(fs.server)
 		if err = fs.server.Unmount(); err == nil {
 			fs.server.Wait()
 		} else {
@@ -183,12 +195,6 @@ func (fs *FS) Unmount() error {
 		}
 	}
 	fs.notes.stop(true)
-	fs.mu.Lock()
-	for ino, d := range fs.drafts {
-		d.drop()
-		delete(fs.drafts, ino)
-	}
-	fs.mu.Unlock()
 	return err
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
 	"github.com/tokend/tokend/token"
 )
@@ -396,7 +397,7 @@ func TestInvalidation(t *testing.T) {
 		listDir(t, f.dir)
 	}
 
-	f.put(t, "tok", two) // same inode, new content
+	f.put(t, "tok", two) // the agent replaces it: a new inode
 	testenv.Eventually(t, 2*time.Second, "new content not visible", func() bool {
 		got, err := os.ReadFile(f.path("tok"))
 		return err == nil && bytes.Equal(got, two)
@@ -442,11 +443,15 @@ func TestRenameAndUnlinkZero(t *testing.T) {
 	if !ok || after.Ino != before.Ino {
 		t.Fatalf("rename: inode %d -> %d (%v)", before.Ino, after.Ino, ok)
 	}
+	live := secmem.Live()
 	if err := os.Remove(f.path("b")); err != nil {
 		t.Fatal(err)
 	}
 	if f.store.Len() != 0 || len(f.store.Infos()) != 0 {
 		t.Fatalf("unlink left %d files, %d tokens", f.store.Len(), len(f.store.Infos()))
+	}
+	if secmem.Live() != live-1 {
+		t.Fatalf("unlink left the token's buffer unwiped: %d live buffers, want %d", secmem.Live(), live-1)
 	}
 	if err := os.Remove(f.path("b")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("second unlink: %v", err)
@@ -483,5 +488,23 @@ func TestAudit(t *testing.T) {
 	}
 	if !strings.Contains(log, "name=tok") || !strings.Contains(log, "exe=/usr/bin/cat") {
 		t.Fatalf("the audit line does not name the file and the opener:\n%s", log)
+	}
+}
+
+// A mount reached through a symlinked parent (a symlinked /home) is found.
+func TestMountedThroughSymlink(t *testing.T) {
+	f := mount(t, store.Limits{})
+	link := filepath.Join(t.TempDir(), "home")
+	if err := os.Symlink(filepath.Dir(f.dir), link); err != nil {
+		t.Fatal(err)
+	}
+	through := filepath.Join(link, filepath.Base(f.dir))
+	for _, p := range []string{f.dir, f.dir + "/", through, through + "/"} {
+		if !Mounted(p) {
+			t.Errorf("Mounted(%q) = false", p)
+		}
+	}
+	if Mounted(filepath.Dir(f.dir)) {
+		t.Error("the parent of the mount counts as mounted")
 	}
 }

@@ -3,6 +3,7 @@ package fusefs
 import (
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
@@ -47,7 +48,22 @@ func (n *notifier) add(x note) {
 	n.signal()
 }
 
+// oldPagesGrace is how long a replaced file's cached pages stay for
+// readers that were half way through it.
+const oldPagesGrace = time.Second
+
 func (n *notifier) start(srv *fuse.Server) { go n.run(srv) }
+
+// flush sends what is queued now, in the caller's goroutine: before an
+// unmount, so that the kernel drops the pages of wiped tokens even if the
+// mount lingers (a lazy unmount of a busy mount).
+func (n *notifier) flush(srv *fuse.Server) {
+	n.mu.Lock()
+	batch := n.queue
+	n.queue = nil
+	n.mu.Unlock()
+	n.send(srv, batch)
+}
 
 // stop ends the goroutine started by start and waits for it. Changes after
 // this are dropped: nothing is mounted to push them to.
@@ -104,8 +120,10 @@ func (n *notifier) send(srv *fuse.Server, batch []note) {
 			// As after a rename over the name: the next lookup finds the
 			// new inode, while a reader half way through the old one
 			// finishes it (its cached pages hold a token still good).
+			// Its pages go a moment later.
 			n.check(srv.DeleteNotify(rootIno, c.Old, c.Name), "delete", c)
 			n.removed(c.Old)
+			time.AfterFunc(oldPagesGrace, func() { n.invalidate(c.Old) })
 			dirChanged = true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -41,6 +42,7 @@ func RecoverStale(dir string) (bool, error) {
 
 // Mounted reports whether dir is a mount point of a tokend filesystem.
 func Mounted(dir string) bool {
+	dir = Canonical(dir)
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return false
@@ -58,6 +60,18 @@ func Mounted(dir string) bool {
 		}
 	}
 	return false
+}
+
+// Canonical is dir as the kernel names the mount point: cleaned, with its
+// parents' symlinks resolved (a symlinked /home is common on clusters). The
+// last element is not resolved: it may be the mount itself, which only its
+// owner may look at, or a dead one.
+func Canonical(dir string) string {
+	dir = filepath.Clean(dir)
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
+		return filepath.Join(parent, filepath.Base(dir))
+	}
+	return dir
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).

@@ -13,8 +13,8 @@ import (
 // draft is one inode's content as its writer sees it. It outlives each
 // commit: the writer's next write lands at offsets in its own view, not in
 // the committed content (which hiding may have changed). It is dropped
-// after DraftTimeout without writes, or when a writer closes a file it
-// created.
+// after DraftTimeout without writes, at a write that makes it bad, when the
+// file is unlinked, renamed over or removed by the agent, and at unmount.
 type draft struct {
 	buf       *secmem.Buffer // capacity; the draft is buf.Bytes()[:n]
 	n         int
@@ -182,19 +182,6 @@ func (fs *FS) truncate(ino uint64, name string, size uint64) fuse.Status {
 	if size > uint64(fs.store.Limits().MaxFileSize) {
 		return fuse.Status(syscall.EFBIG)
 	}
-	st := fs.truncateDraft(ino, name, size)
-	// A truncation starts a rewrite (O_TRUNC, HTCondor's ftruncate): drop
-	// the file's cached pages now, before the writes that follow. The
-	// kernel copies a write into a cached page before it tells us, and
-	// readers share that page; into a page that is not cached it cannot, so
-	// readers wait for the write instead of taking in half of it. Safe to
-	// do here, with no lock held: no writer of this file holds a page lock
-	// while waiting for a truncation.
-	fs.server.InodeNotify(ino, 0, 0)
-	return st
-}
-
-func (fs *FS) truncateDraft(ino uint64, name string, size uint64) fuse.Status {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	d, st := fs.draftLocked(ino, name)

@@ -115,6 +115,3 @@ func (b *Buffer) Wipe() {
 	b.mem = nil
 	b.n = 0
 }
-
-// Zero overwrites p with zeros; for secrets that live in ordinary memory.
-func Zero(p []byte) { clear(p) }

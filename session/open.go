@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokend/tokend/agent"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 )
@@ -97,7 +98,7 @@ func Open(ctx context.Context, o Options) (Opened, error) {
 	if err != nil {
 		return Opened{}, err
 	}
-	if err := ensurePrivateDir(p.dir); err != nil {
+	if err := agent.EnsurePrivateDir(p.dir); err != nil {
 		return Opened{}, err
 	}
 	var res Opened
@@ -259,7 +260,7 @@ func waitToken(ctx context.Context, c *api.Client, last api.Status) (st api.Stat
 		switch st.Session.State {
 		case api.SessionValid:
 			return st, true
-		case api.SessionFailed, api.SessionWaiting:
+		case api.SessionFailed, api.SessionWaiting, api.SessionRemoved:
 			return st, false
 		}
 		if pause(ctx, wait) != nil {
@@ -272,10 +273,11 @@ func waitToken(ctx context.Context, c *api.Client, last api.Status) (st api.Stat
 }
 
 // Polling the agent: a status round trip costs tens of microseconds, and a
-// login waits for every millisecond lost between polls.
+// login waits for every millisecond lost between polls; but many logins at
+// once must not keep the agents busy answering.
 const (
 	pollMin = 200 * time.Microsecond
-	pollMax = 2 * time.Millisecond
+	pollMax = 10 * time.Millisecond
 )
 
 // pause sleeps for d unless ctx ends first.

@@ -10,33 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
-
-// ensurePrivateDir makes dir (and missing parents) exist, a directory owned
-// by the current user, mode 0700 — the agent checks the same.
-func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("could not create the agent's directory: %w", err)
-	}
-	st, err := os.Lstat(dir)
-	if err != nil {
-		return err
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("%s is not a directory: remove it", dir)
-	}
-	if uid := int(st.Sys().(*syscall.Stat_t).Uid); uid != os.Getuid() {
-		return fmt.Errorf("%s belongs to uid %d, not to you (uid %d): remove it", dir, uid, os.Getuid())
-	}
-	if st.Mode().Perm() != 0o700 {
-		return os.Chmod(dir, 0o700)
-	}
-	return nil
-}
 
 // withLock runs f holding an exclusive lock on the file at path, waiting
 // for it until ctx ends. The lock goes with the file descriptor, so a

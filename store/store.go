@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokend/tokend/secmem"
@@ -84,7 +85,7 @@ type Info struct {
 type Store struct {
 	limits    Limits
 	now       func() time.Time
-	listeners []func(Change) // set before use, read without lock
+	listeners atomic.Pointer[[]func(Change)] // copied on write: read without a lock
 
 	mu      sync.Mutex       // guards everything below
 	byName  map[string]*file // every file, visible or not
@@ -157,12 +158,25 @@ func New(l Limits) *Store {
 func (s *Store) Limits() Limits { return s.limits }
 
 // OnChange registers f to be called after every change, outside the store's
-// lock, in the goroutine that made the change. Register before first use.
-func (s *Store) OnChange(f func(Change)) { s.listeners = append(s.listeners, f) }
+// lock, in the goroutine that made the change.
+func (s *Store) OnChange(f func(Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var fs []func(Change)
+	if old := s.listeners.Load(); old != nil {
+		fs = append(fs, *old...)
+	}
+	fs = append(fs, f)
+	s.listeners.Store(&fs)
+}
 
 func (s *Store) notify(changes []Change) {
+	fs := s.listeners.Load()
+	if fs == nil {
+		return
+	}
 	for _, c := range changes {
-		for _, f := range s.listeners {
+		for _, f := range *fs {
 			f(c)
 		}
 	}
@@ -228,7 +242,7 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() {
+	if f == nil || !f.visible() || off < 0 {
 		return 0, ErrNotFound
 	}
 	b := f.bytes()
@@ -490,6 +504,7 @@ func (s *Store) setLocked(f *file, p *parsed) {
 // hideLocked cuts token i out of f's content, zeroing its bytes.
 func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 	t := f.tokens[i]
+	s.remember(f, t, r)
 	b := f.bytes()
 	// The whole line goes, terminator included.
 	from := t.start
@@ -508,27 +523,22 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 	if n := len(b) - cut; n > 0 {
 		var err error
 		if next, err = secmem.New(n); err != nil {
-			// Out of memory for a smaller copy: zero the line in place
-			// rather than keep showing it.
-			clear(b[from:to])
-			next = nil
-		} else {
-			nb := next.Bytes()
-			copy(nb, b[:from])
-			copy(nb[from:], b[to:])
+			// No memory for a smaller copy: hide the whole file rather
+			// than keep showing the token.
+			for _, other := range f.tokens {
+				s.remember(f, other, r)
+			}
+			f.wipe()
+			f.emptied = true
+			f.mtime = s.later(f.mtime)
+			return
 		}
+		nb := next.Bytes()
+		copy(nb, b[:from])
+		copy(nb[from:], b[to:])
 	}
 	f.content.Wipe()
 	f.content = next
-	// Keep why recent tokens were hidden, for `tokend list --all`; the
-	// oldest go first.
-	// A token written again (a writer's second write) is remembered once.
-	if !slices.ContainsFunc(f.hidden, func(in Info) bool { return in.Token == *t.tok && in.Reason == r }) {
-		f.hidden = append(f.hidden, Info{Name: f.name, ID: t.id, Token: *t.tok, Reason: r, Hidden: true})
-	}
-	if len(f.hidden) > maxHidden {
-		f.hidden = slices.Delete(f.hidden, 0, len(f.hidden)-maxHidden)
-	}
 	f.tokens = slices.Delete(f.tokens, i, i+1)
 	f.emptied = len(f.tokens) == 0
 	for j := i; j < len(f.tokens); j++ {
@@ -536,6 +546,18 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 		f.tokens[j].end -= cut
 	}
 	f.mtime = s.later(f.mtime)
+}
+
+// remember keeps why a token was hidden, for `tokend list --all`: once per
+// token (a writer's second write brings the same token again), the most
+// recent maxHidden.
+func (s *Store) remember(f *file, t tokenLine, r token.Reason) {
+	if !slices.ContainsFunc(f.hidden, func(in Info) bool { return in.Token == *t.tok && in.Reason == r }) {
+		f.hidden = append(f.hidden, Info{Name: f.name, ID: t.id, Token: *t.tok, Reason: r, Hidden: true})
+	}
+	if len(f.hidden) > maxHidden {
+		f.hidden = slices.Delete(f.hidden, 0, len(f.hidden)-maxHidden)
+	}
 }
 
 // Hide hides the token with the given id for reason r. It reports whether

@@ -65,8 +65,9 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // never verdicts: a transport failure wraps [ErrUnavailable] (and the cause,
 // e.g. context.Canceled); an error answer is a [*ServerError]
 // (errors.Is(err, ErrRateLimited) for 429, errors.Is(err, ErrUnavailable)
-// for 5xx). A Reason this client does not know is passed through: treat any
-// non-empty Reason as "not valid".
+// for 5xx, among them 503 [CodeKeyUnavailable] when verifyd cannot use the
+// key of the token's kid). A Reason this client does not know is passed
+// through: treat any non-empty Reason as "not valid".
 //
 // The request is built in a buffer that is zeroed afterwards; raw itself
 // is not modified.

@@ -12,6 +12,7 @@
 //
 //	POST /v1/verify      {"token": "<jwt>"} (at most 16 KiB)
 //	                     -> 200 {"reason": "" | "rotated-key" | "unknown-key" | "expired" | "malformed", "generation": N}
+//	                     or 503 key-unavailable: no verdict (see Verdicts)
 //	GET  /v1/generation  -> 200 {"generation": N}
 //	GET  /v1/changes?after=N
 //	                     -> long poll: 200 {"generation": M} as soon as M != N,
@@ -20,20 +21,33 @@
 // Errors are non-2xx with {"code": "...", "message": "..."}: 400
 // bad-request (not a JSON object with a token string, bad ?after), 404
 // not-found, 405 method-not-allowed (with Allow), 413 too-large, 429
-// rate-limited or too-many-connections (with Retry-After).
+// rate-limited or too-many-connections (with Retry-After), 503
+// key-unavailable (verifyd cannot judge this token).
 //
 // # Verdicts
 //
 // The checks run in this order, and the first failure is the reason:
-// structure (malformed), kid (unknown-key; a key file that exists but is
-// refused for its owner or mode counts as absent, as in HTCondor), signature
-// (rotated-key: the key of that name changed, or the token was altered),
-// then exp with no margin (expired; HTCondor servers allow no leeway).
-// The signature comes before the time so that claims are trusted only when
-// they are authentic; HTCondor's vectors accept either reason when both
-// fail. nbf, the issuer and revocation are the agent's business.
+// structure (malformed), kid (unknown-key: no key file of that name),
+// signature (rotated-key: the key of that name changed, or the token was
+// altered), then exp with no margin (expired; HTCondor servers allow no
+// leeway). The signature comes before the time so that claims are trusted
+// only when they are authentic; HTCondor's vectors accept either reason
+// when both fail. nbf, the issuer and revocation are the agent's business.
 // Signatures are compared with hmac.Equal (constant time), and key sets with
 // subtle.ConstantTimeCompare.
+//
+// A verifyd that cannot read a key cannot judge the tokens of its kid, and
+// says so with 503 key-unavailable instead of a verdict (the client's error
+// matches [ErrUnavailable]; agents keep the token) when: the key file of the
+// token's kid exists but is refused (wrong owner or mode, not a regular
+// file, empty, e.g. while it is being rewritten in place, unreadable); the
+// kid is POOL and the pool key file is missing or refused (the collector
+// recreates a missing POOL, and a verifyd looking in the wrong place must
+// not condemn every token); the password directory exists but
+// cannot be listed (for kids other than POOL); or verifyd holds no key at
+// all (then for every request, even a malformed token). The message names
+// the kid and the problem, never key bytes. A named kid with no key file at
+// all is unknown-key (HTCondor's tools skip such tokens too).
 //
 // # Keys and generations
 //
@@ -49,7 +63,7 @@
 // bytes. Touching a key, rewriting the same bytes or a chmod that keeps it
 // usable does not move it. A chmod that makes a key unusable (group or
 // other bits), or a chown to another user, removes the key, as HTCondor
-// would refuse it, and that is a change.
+// would refuse it, and that is a change; so is the key coming back.
 //
 // While Serve runs, fsnotify watches the password directory, its parent
 // (the directory removed and recreated, or renamed over) and the pool key's

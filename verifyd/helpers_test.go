@@ -250,6 +250,53 @@ func (ts *testServer) do(t testing.TB, method, path string, body any) rawResp {
 	return rawResp{resp.StatusCode, resp.Header, b}
 }
 
+// unavailable stands, in the tests' expectations, for "no verdict: 503
+// key-unavailable"; verifyd never sends it as a Reason.
+const unavailable token.Reason = "(503 key-unavailable)"
+
+// verify asks about raw. It returns the verdict, or the 503 key-unavailable
+// answer, which must be an error matching ErrUnavailable (and not
+// ErrRateLimited) and carry no verdict. Any other error fails the test.
+func (ts *testServer) verify(t testing.TB, raw []byte) (token.Reason, *ServerError) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := ts.client.Verify(ctx, raw)
+	if err == nil {
+		if r.Reason == unavailable {
+			t.Fatalf("verifyd sent the test-only reason %q", r.Reason)
+		}
+		return r.Reason, nil
+	}
+	var se *ServerError
+	if !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable || se.Code != CodeKeyUnavailable {
+		t.Fatalf("Verify: %v", err)
+	}
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRateLimited) {
+		t.Fatalf("503 key-unavailable must match ErrUnavailable and not ErrRateLimited: %v", err)
+	}
+	if r.Reason != "" || r.Generation != 0 {
+		t.Fatalf("503 key-unavailable came with a verdict: %+v", r)
+	}
+	return unavailable, se
+}
+
+// answer is the verdict on raw, or unavailable (see verify).
+func (ts *testServer) answer(t testing.TB, raw []byte) token.Reason {
+	t.Helper()
+	r, _ := ts.verify(t, raw)
+	return r
+}
+
+// requireRoot fails the test unless it runs as root, as the project's tests
+// do (internal/testenv.RequireRoot): nothing is skipped quietly.
+func requireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s: run as root (sudo make test)", why)
+	}
+}
+
 // isUnavailable reports whether err is a transport failure.
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 

@@ -37,13 +37,30 @@ const (
 	maxKeys = 4096
 )
 
+// keySet is what one reading of the key files found.
+type keySet struct {
+	// keys maps a kid to its derived key.
+	keys map[string][]byte
+	// unusable maps a kid whose file is there but cannot be used (refused
+	// for its owner or mode, not a regular file, empty, unreadable, beyond
+	// maxKeys), and POOL when the pool key is missing or refused, to what
+	// is wrong. It never holds key bytes. verifyd cannot judge the tokens of
+	// these kids: it answers 503 key-unavailable for them.
+	unusable map[string]string
+	// listErr, when not "", says why the password directory, which exists,
+	// cannot be listed: then whether a named key file exists is not known,
+	// and every named kid without a key is unusable too.
+	listErr string
+}
+
 // readKeys reads and derives every key: each regular file in the password
 // directory under its file name, and the pool key file as POOL. Refused
-// files are logged (once per distinct problem) and left out. The error is
-// about the password directory itself (missing, not a directory, not
-// listable); the keys read so far are returned with it.
-func (s *Server) readKeys() (map[string][]byte, error) {
-	keys := map[string][]byte{}
+// files are logged (once per distinct problem), left out of keys and
+// recorded in unusable. The error is about the password directory itself
+// (missing, not a directory, not listable); what was read so far is
+// returned with it.
+func (s *Server) readKeys() (keySet, error) {
+	ks := keySet{keys: map[string][]byte{}, unusable: map[string]string{}}
 	seen := map[string]bool{}
 	refuse := func(path, kid, msg string) {
 		seen[path] = true
@@ -53,31 +70,36 @@ func (s *Server) readKeys() (map[string][]byte, error) {
 		s.refused[path] = msg
 		s.log.Warn("key file left out", "path", path, "kid", kid, "problem", msg)
 	}
+	unusable := func(path, kid, msg string) {
+		ks.unusable[kid] = msg
+		refuse(path, kid, msg)
+	}
 	load := func(path, kid string) {
 		file, err := token.ReadKeyFile(path, s.owner)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && kid != token.PoolKeyName:
-			return // removed since it was listed
+			return // removed since it was listed: an unknown kid
 		case errors.Is(err, fs.ErrNotExist):
-			refuse(path, kid, fmt.Sprintf("pool key file %s does not exist: tokens with kid POOL get unknown-key until it appears", path))
+			ks.unusable[kid] = fmt.Sprintf("the pool key file %s does not exist", path)
+			refuse(path, kid, ks.unusable[kid]+": tokens with kid POOL get 503 key-unavailable until it appears")
 			return
 		case err != nil:
-			refuse(path, kid, err.Error()) // the error says how to fix it, and holds no key bytes
+			unusable(path, kid, err.Error()) // the error says how to fix it, and holds no key bytes
 			return
 		}
 		key := token.DeriveKey(kid, file)
 		clear(file)
 		if key == nil {
-			refuse(path, kid, "cannot derive a key from "+path)
+			unusable(path, kid, "cannot derive a key from "+path)
 			return
 		}
-		if len(keys) >= maxKeys {
+		if len(ks.keys) >= maxKeys {
 			clear(key)
-			refuse(path, kid, fmt.Sprintf("more than %d key files in %s; this one is left out", maxKeys, s.dir))
+			unusable(path, kid, fmt.Sprintf("more than %d key files in %s; this one is left out", maxKeys, s.dir))
 			return
 		}
 		delete(s.refused, path)
-		keys[kid] = key
+		ks.keys[kid] = key
 	}
 
 	load(s.pool, token.PoolKeyName)
@@ -92,12 +114,25 @@ func (s *Server) readKeys() (map[string][]byte, error) {
 				continue
 			}
 			if e.IsDir() {
+				// Not a key and not logged (installers keep staging
+				// directories here), but a token of that kid cannot
+				// be judged.
+				ks.unusable[name] = path + " is a directory, not a key file"
 				continue
 			}
 			load(path, name)
 		}
 	} else {
-		msg := fmt.Sprintf("cannot list the password directory: %v: tokens of every kid but POOL get unknown-key until it is back", pathErr(dirErr))
+		// A directory that is gone holds no key files: tokens of named
+		// kids are unknown-key. One that is there but cannot be listed
+		// may hold them: those tokens cannot be judged.
+		what := "get 503 key-unavailable"
+		if errors.Is(dirErr, fs.ErrNotExist) {
+			what = "get unknown-key"
+		} else {
+			ks.listErr = fmt.Sprintf("cannot list the password directory %s: %v", s.dir, pathErr(dirErr))
+		}
+		msg := fmt.Sprintf("cannot list the password directory: %v: tokens of every kid but POOL %s until it is back", pathErr(dirErr), what)
 		refuse(s.dir, "", msg)
 	}
 	// Forget problems with files that are gone, so that they are logged
@@ -107,7 +142,7 @@ func (s *Server) readKeys() (map[string][]byte, error) {
 			delete(s.refused, path)
 		}
 	}
-	return keys, dirErr
+	return ks, dirErr
 }
 
 func pathErr(err error) error {
@@ -120,28 +155,32 @@ func pathErr(err error) error {
 
 // reload reads every key again and installs the result if, and only if, it
 // differs from the current set: then the generation goes up by one and
-// every waiting long poll is woken.
+// every waiting long poll is woken. What is known about unusable key files
+// is installed every time; it does not move the generation by itself (a key
+// that becomes unusable, or usable again, leaves or joins the set, which
+// does).
 func (s *Server) reload() {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	keys, _ := s.readKeys()
+	ks, _ := s.readKeys()
 
 	s.mu.Lock()
-	added, removed, changed := diffKeys(s.keys, keys)
+	s.unusable, s.listErr = ks.unusable, ks.listErr
+	added, removed, changed := diffKeys(s.keys, ks.keys)
 	if len(added)+len(removed)+len(changed) == 0 {
 		s.mu.Unlock()
-		zeroKeys(keys)
+		zeroKeys(ks.keys)
 		return
 	}
 	old := s.keys
-	s.keys = keys
+	s.keys = ks.keys
 	gen := s.gen.Add(1)
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
 	zeroKeys(old)
 
-	s.log.Info("signing keys changed", "generation", gen, "keys", sortedNames(keys),
+	s.log.Info("signing keys changed", "generation", gen, "keys", sortedNames(ks.keys),
 		"added", added, "removed", removed, "replaced", changed)
 }
 
@@ -291,17 +330,34 @@ func (s *Server) watch(ctx context.Context) {
 	}
 }
 
-// keyFor returns the current key of kid. The caller holds s.mu for reading
+// keyFor returns the current key of kid ("" is POOL). When there is none,
+// unusable says why verifyd cannot judge the tokens of kid ("" when kid is
+// simply unknown: no such key file). The caller holds s.mu for reading
 // while it uses the key: a replaced key is zeroed under the write lock.
-func (s *Server) keyFor(kid string) ([]byte, bool) {
+func (s *Server) keyFor(kid string) (key []byte, unusable string) {
 	if kid == "" {
 		kid = token.PoolKeyName
 	}
-	k, ok := s.keys[kid]
-	return k, ok
+	if k, ok := s.keys[kid]; ok {
+		return k, ""
+	}
+	problem, ok := s.unusable[kid]
+	switch {
+	case ok:
+	case kid == token.PoolKeyName:
+		// Missing or refused: the collector recreates a missing POOL,
+		// and a verifyd looking in the wrong place must not condemn
+		// every token.
+		problem = "no usable pool key file " + s.pool
+	case s.listErr != "":
+		problem = s.listErr
+	default:
+		return nil, ""
+	}
+	return nil, fmt.Sprintf("verifyd cannot use the key of kid %q, so it cannot judge this token: %s", kid, problem)
 }
 
-// wipe zeroes every key; the server answers unknown-key afterwards.
+// wipe zeroes every key; the server answers 503 key-unavailable afterwards.
 func (s *Server) wipe() {
 	s.mu.Lock()
 	zeroKeys(s.keys)

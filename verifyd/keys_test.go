@@ -173,7 +173,9 @@ func newRotation(t *testing.T) *rotationFixture {
 
 // TestRotationShapes makes every kind of key change an administrator or the
 // collector makes and checks that a waiting WaitChange wakes within a
-// second and that the verdicts follow.
+// second and that the verdicts follow. On the way, while a key file is
+// missing or half written, verifyd may answer 503 key-unavailable for POOL
+// tokens (unavailable): never a verdict it cannot make.
 func TestRotationShapes(t *testing.T) {
 	type want map[string]token.Reason // token name -> verdict
 	shapes := []struct {
@@ -266,7 +268,36 @@ func TestRotationShapes(t *testing.T) {
 					t.Fatal(err)
 				}
 			},
-			after: want{"oldPool": token.UnknownKey, "oldAP": token.Valid},
+			// verifyd cannot judge POOL tokens without a pool key:
+			// 503 key-unavailable, no verdict.
+			after: want{"oldPool": unavailable, "newPool": unavailable, "oldAP": token.Valid},
+		},
+		{
+			name: "pool made readable by others",
+			rotate: func(t *testing.T, f *rotationFixture, pool string) {
+				if err := os.Chmod(pool, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			after: want{"oldPool": unavailable, "newPool": unavailable, "oldAP": token.Valid, "newAP": token.RotatedKey},
+		},
+		{
+			name: "pool truncated",
+			rotate: func(t *testing.T, f *rotationFixture, pool string) {
+				if err := os.Truncate(pool, 0); err != nil {
+					t.Fatal(err)
+				}
+			},
+			after: want{"oldPool": unavailable, "newPool": unavailable, "oldAP": token.Valid},
+		},
+		{
+			name: "named key made readable by others",
+			rotate: func(t *testing.T, f *rotationFixture, pool string) {
+				if err := os.Chmod(filepath.Join(f.dir, "AP"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			after: want{"oldAP": unavailable, "newAP": unavailable, "oldPool": token.Valid, "extra": token.UnknownKey},
 		},
 	}
 	for _, sh := range shapes {
@@ -289,7 +320,7 @@ func TestRotationShapes(t *testing.T) {
 			before := want{"oldPool": token.Valid, "oldAP": token.Valid, "newPool": token.RotatedKey,
 				"newAP": token.RotatedKey, "extra": token.UnknownKey}
 			for name, w := range before {
-				if got := ts.reason(t, tokens[name]); got != w {
+				if got := ts.answer(t, tokens[name]); got != w {
 					t.Fatalf("before: %s is %q, want %q", name, got, w)
 				}
 			}
@@ -327,7 +358,7 @@ func TestRotationShapes(t *testing.T) {
 			got := map[string]token.Reason{}
 			eventually(t, 5*time.Second, "the verdicts after the change", func() bool {
 				for name, w := range sh.after {
-					if got[name] = ts.reason(t, tokens[name]); got[name] != w {
+					if got[name] = ts.answer(t, tokens[name]); got[name] != w {
 						return false
 					}
 				}
@@ -400,16 +431,20 @@ func TestNoChangeNoGeneration(t *testing.T) {
 
 // TestRefusedKeyFiles: a key file readable by others, or owned by someone
 // else, is left out with a log line saying how to fix it, and comes back
-// when fixed. New does not fail for it.
+// when fixed. New does not fail for it. Meanwhile tokens of its kid get no
+// verdict: 503 key-unavailable.
 func TestRefusedKeyFiles(t *testing.T) {
+	requireRoot(t, "the wrong-owner case chowns a key file")
 	f := newRotation(t)
 	ap := filepath.Join(f.dir, "AP")
 	if err := os.Chmod(ap, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ts := start(t, fast(f.dir), nil)
-	if r := ts.reason(t, f.tOldAP); r != token.UnknownKey {
-		t.Fatalf("AP with mode 0644: %q, want unknown-key", r)
+	if r, se := ts.verify(t, f.tOldAP); r != unavailable {
+		t.Fatalf("AP with mode 0644: %q, want 503 key-unavailable", r)
+	} else if !strings.Contains(se.Message, `kid "AP"`) || !strings.Contains(se.Message, "chmod 600 "+ap) {
+		t.Fatalf("the 503 does not name the kid and the problem: %q", se.Message)
 	}
 	if r := ts.reason(t, f.tOldPool); r != token.Valid {
 		t.Fatalf("POOL: %q, want valid", r)
@@ -423,38 +458,40 @@ func TestRefusedKeyFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "AP to be used once chmod 600", func() bool {
-		return ts.reason(t, f.tOldAP) == token.Valid
+		return ts.answer(t, f.tOldAP) == token.Valid
 	})
 	if g := ts.gen(t); g != g0+1 {
 		t.Fatalf("generation %d, want %d", g, g0+1)
 	}
 
-	if os.Geteuid() != 0 {
-		t.Log("not root: skipping the wrong-owner case")
-		return
-	}
 	if err := os.Chown(ap, 1, -1); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "AP owned by uid 1 to be left out", func() bool {
-		return ts.reason(t, f.tOldAP) == token.UnknownKey
+		return ts.answer(t, f.tOldAP) == unavailable
 	})
+	if g := ts.gen(t); g != g0+2 {
+		t.Fatalf("generation %d after AP was refused again, want %d", g, g0+2)
+	}
 	if logs := ts.logs.String(); !strings.Contains(logs, "chown 0 "+ap) {
 		t.Fatalf("the log does not say how to fix the owner of %s:\n%s", ap, logs)
 	}
 }
 
 func TestWrongOwnerAtStart(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to chown")
-	}
+	requireRoot(t, "this test chowns a key file")
 	f := newRotation(t)
 	if err := os.Chown(filepath.Join(f.dir, "POOL"), 1, -1); err != nil {
 		t.Fatal(err)
 	}
 	ts := start(t, fast(f.dir), nil)
-	if r := ts.reason(t, f.tOldPool); r != token.UnknownKey {
-		t.Fatalf("POOL owned by uid 1: %q, want unknown-key", r)
+	if r, se := ts.verify(t, f.tOldPool); r != unavailable {
+		t.Fatalf("POOL owned by uid 1: %q, want 503 key-unavailable", r)
+	} else if !strings.Contains(se.Message, `kid "POOL"`) || !strings.Contains(se.Message, "owned by uid 1") {
+		t.Fatalf("the 503 does not name the kid and the problem: %q", se.Message)
+	}
+	if r := ts.reason(t, f.tOldAP); r != token.Valid {
+		t.Fatalf("AP beside a refused POOL: %q, want valid", r)
 	}
 	if !strings.Contains(ts.logs.String(), "owned by uid 1") {
 		t.Fatalf("log:\n%s", ts.logs.String())
@@ -530,21 +567,22 @@ func TestRecreatedDirectoryIsWatched(t *testing.T) {
 		if err := os.RemoveAll(f.dir); err != nil {
 			t.Fatal(err)
 		}
+		// No key at all: no verdict on anything.
 		eventually(t, 5*time.Second, "keys to go with the directory", func() bool {
-			return ts.reason(t, f.tOldPool) == token.UnknownKey
+			return ts.answer(t, f.tOldPool) == unavailable && ts.answer(t, f.tExtra) == unavailable
 		})
 		if err := os.Mkdir(f.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
 		writeKey(t, filepath.Join(f.dir, "POOL"), f.oldPool)
 		eventually(t, 5*time.Second, "a key written into the recreated directory", func() bool {
-			return ts.reason(t, f.tOldPool) == token.Valid
+			return ts.answer(t, f.tOldPool) == token.Valid
 		})
 		// The reload that found POOL re-added the watch: a later key is
 		// seen through it (the periodic reload is a minute away).
 		writeKey(t, filepath.Join(f.dir, "NEW"), f.extra)
 		eventually(t, 5*time.Second, "a later key in the recreated directory", func() bool {
-			return ts.reason(t, f.tExtra) == token.Valid
+			return ts.answer(t, f.tExtra) == token.Valid
 		})
 		t.Logf("round %d: generation %d", round, ts.Generation())
 	}

@@ -84,10 +84,12 @@ type Server struct {
 	readHeaderTimeout time.Duration
 	pollTimeout       time.Duration
 
-	mu      sync.RWMutex
-	keys    map[string][]byte // kid -> derived key; replaced (and zeroed) as a whole
-	gen     atomic.Uint64     // written under mu
-	changed chan struct{}     // closed and replaced when gen moves
+	mu       sync.RWMutex
+	keys     map[string][]byte // kid -> derived key; replaced (and zeroed) as a whole
+	unusable map[string]string // kid -> why its key cannot be used (keySet.unusable)
+	listErr  string            // keySet.listErr
+	gen      atomic.Uint64     // written under mu
+	changed  chan struct{}     // closed and replaced when gen moves
 
 	reloadMu sync.Mutex
 	refused  map[string]string // path -> problem last logged; under reloadMu
@@ -123,8 +125,9 @@ var configVal = func(name string) string {
 
 // New checks the options and loads the keys once. A key file that cannot be
 // used (wrong owner or mode, unreadable) is logged with how to fix it and
-// left out; a missing password directory is an error. The keys are watched
-// only while [Server.Serve] runs.
+// left out (tokens of its kid get 503 key-unavailable); a missing password
+// directory is an error. The keys are watched only while [Server.Serve]
+// runs.
 func New(o Options) (*Server, error) {
 	log := o.Logger
 	if log == nil {
@@ -188,18 +191,18 @@ func New(o Options) (*Server, error) {
 		conns:             map[uint32]int{},
 	}
 	s.reloadMu.Lock()
-	keys, err := s.readKeys()
+	ks, err := s.readKeys()
 	s.reloadMu.Unlock()
 	if err != nil {
-		zeroKeys(keys)
+		zeroKeys(ks.keys)
 		return nil, fmt.Errorf("verifyd: cannot list the password directory %s: %v", dir, pathErr(err))
 	}
-	s.keys = keys
+	s.keys, s.unusable, s.listErr = ks.keys, ks.unusable, ks.listErr
 	s.gen.Store(1)
 	s.log.Info("signing keys loaded", "password_dir", s.dir, "pool_key", s.pool,
-		"key_owner", owner, logKeys(keys), "generation", 1)
-	if len(keys) == 0 {
-		s.log.Warn("no usable signing key yet: every token gets unknown-key until one appears", "password_dir", s.dir, "pool_key", s.pool)
+		"key_owner", owner, logKeys(ks.keys), "generation", 1)
+	if len(ks.keys) == 0 {
+		s.log.Warn("no usable signing key yet: every verify request gets 503 key-unavailable until one appears", "password_dir", s.dir, "pool_key", s.pool)
 	}
 	return s, nil
 }
@@ -423,11 +426,20 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, uid uint32
 		writeError(w, http.StatusBadRequest, CodeBadRequest, `want a JSON object {"token": "<jwt>"}`)
 		return
 	}
-	reason, t, gen := s.check(raw, time.Now())
+	reason, t, gen, unusable := s.check(raw, time.Now())
+	outcome := slog.String("reason", string(reason))
+	if unusable != "" {
+		outcome = slog.String("error", CodeKeyUnavailable)
+	}
 	if t != nil {
-		s.log.Debug("verify", "peer_uid", uid, "kid", t.Kid, "iss", t.Iss, "sub", t.Sub, "reason", reason, "generation", gen)
+		s.log.Debug("verify", "peer_uid", uid, "kid", t.Kid, "iss", t.Iss, "sub", t.Sub, outcome, "generation", gen)
 	} else {
-		s.log.Debug("verify", "peer_uid", uid, "reason", reason, "generation", gen)
+		s.log.Debug("verify", "peer_uid", uid, outcome, "generation", gen)
+	}
+	if unusable != "" {
+		// Not a verdict: agents keep the token and ask again later.
+		writeError(w, http.StatusServiceUnavailable, CodeKeyUnavailable, unusable)
+		return
 	}
 	writeJSON(w, http.StatusOK, VerifyResponse{Reason: reason, Generation: gen})
 }
@@ -496,27 +508,40 @@ func tokenField(body []byte) ([]byte, bool) {
 // leeway). The signature comes before the time, so that claims are trusted
 // only once they are authentic: a token whose key was rotated is
 // rotated-key even when it has expired too.
-func (s *Server) check(raw []byte, now time.Time) (token.Reason, *token.Token, uint64) {
+//
+// When verifyd cannot judge raw, unusable says why and there is no verdict:
+// it holds no key at all (whatever raw is), or the key file of the token's
+// kid is there but cannot be used, or the kid is POOL and there is no
+// usable pool key file. A named kid with no key file is unknown-key.
+func (s *Server) check(raw []byte, now time.Time) (r token.Reason, t *token.Token, gen uint64, unusable string) {
 	t, err := token.Parse(raw)
-	if err != nil {
-		return token.Malformed, nil, s.gen.Load()
-	}
 	s.mu.RLock()
-	gen := s.gen.Load()
-	key, ok := s.keyFor(t.Kid)
-	if !ok {
+	gen = s.gen.Load()
+	if len(s.keys) == 0 {
 		s.mu.RUnlock()
-		return token.UnknownKey, t, gen
+		return "", t, gen, fmt.Sprintf("verifyd holds no usable signing key (password directory %s, pool key file %s), so it cannot judge any token; its log says why", s.dir, s.pool)
+	}
+	if err != nil {
+		s.mu.RUnlock()
+		return token.Malformed, nil, gen, ""
+	}
+	key, unusable := s.keyFor(t.Kid)
+	if key == nil {
+		s.mu.RUnlock()
+		if unusable != "" {
+			return "", t, gen, unusable
+		}
+		return token.UnknownKey, t, gen, ""
 	}
 	err = token.Verify(raw, key) // hmac.Equal: constant time
 	s.mu.RUnlock()
 	if err != nil {
-		return token.ReasonOf(err), t, gen
+		return token.ReasonOf(err), t, gen, ""
 	}
 	if t.ExpiresWithin(now, 0) {
-		return token.Expired, t, gen
+		return token.Expired, t, gen, ""
 	}
-	return token.Valid, t, gen
+	return token.Valid, t, gen, ""
 }
 
 func (s *Server) handleGeneration(w http.ResponseWriter, r *http.Request, uid uint32) {

@@ -30,6 +30,13 @@ const (
 	CodeMethodNotAllowed = "method-not-allowed"
 	CodeTooManyConns     = "too-many-connections"
 	CodeInternal         = "internal"
+	// CodeKeyUnavailable (status 503) answers POST /v1/verify when verifyd
+	// cannot judge the token: the key file of its kid is there but cannot
+	// be used (owner, mode, type, empty, unreadable), its kid is POOL and
+	// there is no usable pool key file, or verifyd holds no key at all. It
+	// is not a verdict: keep the token. The message names the kid and the
+	// problem, never key bytes.
+	CodeKeyUnavailable = "key-unavailable"
 )
 
 // VerifyRequest is the body of POST /v1/verify.
@@ -57,10 +64,12 @@ type ErrorResponse struct {
 	Message string `json:"message"`
 }
 
-// ErrUnavailable means verifyd could not be asked: the socket is missing,
-// the connection was refused or cut, a timeout passed, the answer was not
-// verifyd's, or verifyd answered with a 5xx. It is NOT a verdict on the
-// token: fall back to another check or try again later.
+// ErrUnavailable means verifyd could not be asked or could not judge: the
+// socket is missing, the connection was refused or cut, a timeout passed,
+// the answer was not verifyd's, or verifyd answered with a 5xx (among them
+// 503 [CodeKeyUnavailable]: verifyd cannot use the key of the token's kid).
+// It is NOT a verdict on the token: fall back to another check or try again
+// later.
 var ErrUnavailable = errors.New("verifyd is not available")
 
 // ErrRateLimited matches (errors.Is) a [*ServerError] with status 429: the

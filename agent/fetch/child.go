@@ -160,6 +160,7 @@ func exactlyOne(out []byte) (*secmem.Buffer, error) {
 type tail struct {
 	mu  sync.Mutex
 	buf []byte
+	cut bool // the start was dropped: the first line may be a fragment
 }
 
 func (t *tail) Write(p []byte) (int, error) {
@@ -168,9 +169,11 @@ func (t *tail) Write(p []byte) (int, error) {
 	if len(p) >= maxStderr {
 		clear(t.buf)
 		t.buf = append(t.buf[:0], p[len(p)-maxStderr:]...)
+		t.cut = true
 		return len(p), nil
 	}
 	if len(t.buf)+len(p) > maxStderr {
+		t.cut = true
 		drop := len(t.buf) + len(p) - maxStderr
 		copy(t.buf, t.buf[drop:])
 		clear(t.buf[len(t.buf)-drop:])
@@ -186,7 +189,17 @@ func (t *tail) Write(p []byte) (int, error) {
 func (t *tail) message() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := redact(t.buf)
+	b := t.buf
+	if t.cut {
+		// A token cut at the start would be too short to recognise:
+		// drop the fragment of a line.
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		} else {
+			b = nil
+		}
+	}
+	s := redact(b)
 	clear(t.buf)
 	t.buf = nil
 	return shorten(s)

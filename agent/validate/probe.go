@@ -107,7 +107,19 @@ func (p *Probe) run(ctx context.Context, raw []byte) ([]byte, error) {
 		}
 		os.RemoveAll(dir)
 	}()
-	if err := os.WriteFile(file, append(bytes.Clone(raw), '\n'), 0o600); err != nil {
+	// Written as it is, with no copy on the heap.
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.Write(raw)
+	if err == nil {
+		_, err = f.Write([]byte{'\n'})
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, err
 	}
 	timeout := p.Timeout

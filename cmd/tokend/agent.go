@@ -60,7 +60,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 
 // notifyReady tells systemd (Type=notify) that the mount is up.
 func notifyReady(log *slog.Logger) {
-	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+	if _, err := daemon.SdNotify(true, daemon.SdNotifyReady); err != nil {
 		log.Warn("could not notify systemd", "err", err)
 	}
 }

@@ -194,14 +194,21 @@ func TestLegacyImport(t *testing.T) {
 			old := e.sign("disk@test.example", time.Hour)
 			e.writeFile(filepath.Join(e.dir, "ondisk"), string(old)+"\n", 0o600)
 			e.writeFile(filepath.Join(e.dir, "notes.txt"), "hello\n", 0o600)
+			// Files HTCondor would refuse are not imported either.
+			e.writeFile(filepath.Join(e.dir, "public"), string(e.sign("pub@test.example", time.Hour))+"\n", 0o644)
+			if err := os.Symlink("ondisk", filepath.Join(e.dir, "link")); err != nil {
+				t.Fatal(err)
+			}
+			os.Lchown(filepath.Join(e.dir, "link"), e.u.UID, e.u.GID)
 			e.start()
 			found := false
 			for _, f := range e.read().Files {
 				if filepath.Base(f.Path) == "ondisk" && slices.Equal(f.Tokens, []string{string(old)}) {
 					found = true
 				}
-				if filepath.Base(f.Path) == "notes.txt" {
-					t.Error("a file that is not a token was imported")
+				switch filepath.Base(f.Path) {
+				case "notes.txt", "public", "link":
+					t.Errorf("%s was imported", filepath.Base(f.Path))
 				}
 			}
 			if !found {
@@ -301,5 +308,22 @@ func TestAllowRoot(t *testing.T) {
 	e.sim(other, &res, "", "access", e.dir, "tokend-session")
 	if res["open-read"] != "EACCES" || res["readdir"] != "EACCES" {
 		t.Fatalf("another user with allow_root: %v", res)
+	}
+}
+
+// One agent per socket: a second one refuses to start and leaves the first
+// alone.
+func TestSecondAgentRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	e.start()
+	_, stderr, code := e.runAs(e.u, "", e.bin, "agent", "--config", e.config)
+	if code == 0 || !strings.Contains(stderr, "another tokend agent is already running") {
+		t.Fatalf("a second agent: exit %d: %s", code, stderr)
+	}
+	if r := e.read(); r.Pick == "" {
+		t.Fatal("the first agent lost its token")
+	}
+	if _, err := e.status(); err != nil {
+		t.Fatalf("the first agent stopped answering: %v", err)
 	}
 }

@@ -154,8 +154,9 @@ func TestVerifydRotation(t *testing.T) {
 		t.Parallel()
 		e, v := startWithVerifyd(t)
 		// A write in place may be seen half done (the file truncated):
-		// the old tokens are then refused as unknown-key for a moment.
-		checkRotation(t, e, v, "stale", rotateRootAndUser(e, v, writeRootKey, "rotated-key", "unknown-key"))
+		// verifyd then cannot tell for a moment, and the agent keeps the
+		// old tokens until the new key is whole.
+		checkRotation(t, e, v, "stale", rotateRootAndUser(e, v, writeRootKey, "rotated-key"))
 	})
 	t.Run("by rename", func(t *testing.T) {
 		t.Parallel()
@@ -167,19 +168,32 @@ func TestVerifydRotation(t *testing.T) {
 		e, v := startWithVerifyd(t)
 		checkRotation(t, e, v, "stale", func() []string {
 			pool := filepath.Join(v.keys, token.PoolKeyName)
+			gen := e.mustStatus().Validation.Generation
 			if err := os.Remove(pool); err != nil {
 				t.Fatal(err)
 			}
-			// While the key is missing every POOL token is refused, and
-			// the agent's refetches fail: it must keep trying.
-			testenv.Eventually(t, goneWithin, "the tokens to leave the mount once the key is gone", func() bool {
-				return e.sessionToken() == nil && len(e.hiddenReasons("stale")) > 0
+			// While the key is missing verifyd cannot judge POOL tokens
+			// (503 key-unavailable): the agent cannot tell and keeps
+			// every token, even a forged one, until the new key comes.
+			testenv.Eventually(t, goneWithin, "the agent to see verifyd's key generation move", func() bool {
+				st, err := e.status()
+				return err == nil && st.Validation.Generation > gen
 			})
-			if got := e.hiddenReasons("stale"); !slices.Equal(got, []string{"unknown-key"}) {
-				t.Fatalf("with the key gone the stale token is hidden as %v, want unknown-key", got)
+			since := time.Now()
+			witness := e.forged("forged@test.example")
+			e.put("witness", witness)
+			testenv.Eventually(t, goneWithin, "a check pass with the key gone", func() bool {
+				st := e.mustStatus()
+				return st.Validation.LastCheck != nil && st.Validation.LastCheck.After(since)
+			})
+			if got := e.hiddenReasons("stale"); len(got) != 0 {
+				t.Fatalf("with the key gone the stale token is hidden as %v; verifyd cannot tell, so it must stay", got)
+			}
+			if e.sessionToken() == nil || !e.showsToken(witness) {
+				t.Fatalf("a token was hidden while verifyd had no POOL key:\n%s", e.statusJSON())
 			}
 			rotateRootAndUser(e, v, writeRootKey)()
-			return []string{"unknown-key"}
+			return []string{"rotated-key"}
 		})
 	})
 	t.Run("directory removed and recreated", func(t *testing.T) {
@@ -195,7 +209,9 @@ func TestVerifydRotation(t *testing.T) {
 				t.Fatal(err)
 			}
 			writeRootKey(t, filepath.Join(v.keys, token.PoolKeyName), file)
-			return []string{"rotated-key", "unknown-key"}
+			// While the directory is gone verifyd holds no key and cannot
+			// tell: the tokens go only once the new key is there.
+			return []string{"rotated-key"}
 		})
 		// verifyd watches the new directory: a later rotation is seen too.
 		checkRotation(t, e, v, "stale-again", rotateRootAndUser(e, v, renameRootKey, "rotated-key"))

@@ -126,7 +126,8 @@ func ReadSecureFile(path string, uid int) ([]byte, error) {
 	if err := unix.Fstat(fd, &st2); err != nil {
 		return nil, fmt.Errorf("fstat %s: %w", path, err)
 	}
-	if st2.Mtim != st.Mtim {
+	// HTCondor compares st_mtime: whole seconds.
+	if st2.Mtim.Sec != st.Mtim.Sec {
 		return nil, fmt.Errorf("%s: %w", path, ErrModified)
 	}
 	return buf, nil

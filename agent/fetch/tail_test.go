@@ -1,0 +1,24 @@
+package fetch
+
+import (
+	"strings"
+	"testing"
+)
+
+// A token cut in half where stderr's tail begins would be too short to
+// recognise as one: its line fragment is dropped, not shown.
+func TestTailDropsACutLine(t *testing.T) {
+	sig := strings.Repeat("s", 30) // shorter than anything redact recognises alone
+	for _, lead := range []int{0, 1, 100} {
+		var tl tail
+		tl.Write([]byte(strings.Repeat("x", lead) + "header.payload." + strings.Repeat("p", maxStderr) + sig + "\n"))
+		tl.Write([]byte("Failed to request a session token: SECMAN:2007\n"))
+		msg := tl.message()
+		if strings.Contains(msg, sig) || strings.Contains(msg, "ppp") {
+			t.Fatalf("lead %d: the cut line reached the message: %.80q", lead, msg)
+		}
+		if !strings.Contains(msg, "SECMAN:2007") {
+			t.Fatalf("lead %d: the message lost HTCondor's error: %q", lead, msg)
+		}
+	}
+}
