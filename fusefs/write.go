@@ -108,7 +108,7 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 		return fuse.EINVAL
 	}
 	d.timer.Reset(fs.opt.DraftTimeout)
-	if state == token.DraftPending || !hasToken(d.bytes()) {
+	if state == token.DraftPending {
 		d.committed = false
 		fs.store.Touch(ino)
 		fs.notes.invalidate(ino)
@@ -123,20 +123,6 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	return fuse.OK
 }
 
-// hasToken reports whether complete content holds at least one token line:
-// a file is never emptied of its tokens by a write that is still going on.
-func hasToken(content []byte) bool {
-	lines, err := token.ParseFile(content)
-	if err != nil {
-		return false
-	}
-	for _, l := range lines {
-		if l.Kind == token.TokenLine {
-			return true
-		}
-	}
-	return false
-}
 
 // Write changes the inode's draft.
 func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {

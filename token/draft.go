@@ -37,9 +37,12 @@ func (s DraftState) String() string {
 //     token (a byte outside base64url and dots, more than three segments, a
 //     complete header or payload segment that does not parse, a signature
 //     longer than its alg allows).
-//   - DraftPending if content is empty or its last unterminated line is a
-//     possible token prefix that does not parse yet.
-//   - DraftComplete otherwise; then [ParseFile] succeeds on content.
+//   - DraftPending if content holds no token yet (empty, or only blank and
+//     comment lines: a file is not emptied of its tokens by a rewrite that
+//     has only begun) or its last unterminated line is a possible token
+//     prefix that does not parse yet.
+//   - DraftComplete otherwise; then [ParseFile] succeeds on content and
+//     finds at least one token.
 //
 // Once content is bad, appending never makes it good again.
 func CheckDraft(content []byte) (DraftState, error) {
@@ -49,10 +52,13 @@ func CheckDraft(content []byte) (DraftState, error) {
 	if len(content) == 0 {
 		return DraftPending, nil
 	}
+	sawToken := false
 	for pos, n := 0, 1; pos < len(content); n++ {
 		start, end, next, terminated := nextLine(content, pos)
 		line := content[start:end]
-		if _, _, err := classify(line); err != nil {
+		kind, _, err := classify(line)
+		sawToken = sawToken || kind == TokenLine
+		if err != nil {
 			if terminated {
 				return DraftBad, fmt.Errorf("line %d: %w", n, err)
 			}
@@ -62,6 +68,9 @@ func CheckDraft(content []byte) (DraftState, error) {
 			return DraftPending, nil
 		}
 		pos = next
+	}
+	if !sawToken {
+		return DraftPending, nil
 	}
 	return DraftComplete, nil
 }

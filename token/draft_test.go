@@ -24,9 +24,10 @@ func TestCheckDraft(t *testing.T) {
 		{"full token, CRLF", a + "\r\n", DraftComplete},
 		{"leading spaces", "  " + a[:10], DraftPending},
 		{"hello", "hello", DraftPending},
-		{"comment only", "# note", DraftComplete},
-		{"comment line", "# note\n", DraftComplete},
-		{"blank lines", "\n\n  \n", DraftComplete},
+		// No token yet: a rewrite that has only begun.
+		{"comment only", "# note", DraftPending},
+		{"comment line", "# note\n", DraftPending},
+		{"blank lines", "\n\n  \n", DraftPending},
 		{"two tokens, second truncated", a + "\n" + b[:len(b)-5], DraftPending},
 		{"two tokens", a + "\n" + b + "\n", DraftComplete},
 		{"token then comment without newline", a + "\n# x", DraftComplete},

@@ -3,6 +3,7 @@ package token
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"testing"
 	"unicode/utf8"
 )
@@ -79,8 +80,12 @@ func FuzzCheckDraft(f *testing.F) {
 		st, err := CheckDraft(content)
 		switch st {
 		case DraftComplete:
-			if _, perr := ParseFile(content); err != nil || perr != nil {
+			lines, perr := ParseFile(content)
+			if err != nil || perr != nil {
 				t.Fatalf("complete draft: %v, ParseFile: %v", err, perr)
+			}
+			if !slices.ContainsFunc(lines, func(l Line) bool { return l.Kind == TokenLine }) {
+				t.Fatal("complete draft without a token")
 			}
 		case DraftPending:
 			if err != nil {
