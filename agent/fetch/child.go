@@ -227,3 +227,29 @@ func shorten(s string) string {
 	}
 	return "…" + strings.TrimSpace(s)
 }
+
+// outcome turns how a fetch command ended into its token, or into e (which
+// the caller filled with what it knows: the stderr message, a request id).
+// pick takes the token out of what the command printed.
+func (o *Options) outcome(ctx context.Context, waitErr error, out output, e *Error, pick func([]byte) (*secmem.Buffer, error)) (*secmem.Buffer, error) {
+	exited0 := waitErr == nil || errors.Is(waitErr, exec.ErrWaitDelay)
+	switch {
+	case !exited0 && errors.Is(context.Cause(ctx), errTimeout):
+		e.Timeout, e.Limit, e.Err = true, o.Timeout, context.DeadlineExceeded
+		return nil, e
+	case !exited0 && ctx.Err() != nil:
+		e.Err = context.Cause(ctx)
+		return nil, e
+	case !exited0:
+		return nil, e
+	case out.overflow:
+		e.Err = fmt.Errorf("printed more than %d KiB, want one token", maxOutput>>10)
+		return nil, e
+	}
+	tok, err := pick(out.buf)
+	if err != nil {
+		e.Err = err
+		return nil, e
+	}
+	return tok, nil
+}

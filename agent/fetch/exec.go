@@ -2,10 +2,8 @@ package fetch
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 
 	"github.com/tokend/tokend/secmem"
 )
@@ -40,24 +38,5 @@ func (f *execFetcher) Fetch(ctx context.Context, req Request, _ func(Progress)) 
 
 	e := f.o.fail(waitErr)
 	e.Message = stderr.message()
-	exited0 := waitErr == nil || errors.Is(waitErr, exec.ErrWaitDelay)
-	switch {
-	case !exited0 && errors.Is(context.Cause(ctx), errTimeout):
-		e.Timeout, e.Limit, e.Err = true, f.o.Timeout, context.DeadlineExceeded
-		return nil, e
-	case !exited0 && ctx.Err() != nil:
-		e.Err = context.Cause(ctx)
-		return nil, e
-	case !exited0:
-		return nil, e
-	case out.overflow:
-		e.Err = fmt.Errorf("printed more than %d KiB, want one token", maxOutput>>10)
-		return nil, e
-	}
-	tok, err := exactlyOne(out.buf)
-	if err != nil {
-		e.Err = err
-		return nil, e
-	}
-	return tok, nil
+	return f.o.outcome(ctx, waitErr, out, e, exactlyOne)
 }

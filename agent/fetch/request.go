@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"time"
 
@@ -91,26 +90,7 @@ wait:
 	e := f.o.fail(waitErr)
 	e.RequestID = id
 	e.Message = stderr.message()
-	exited0 := waitErr == nil || errors.Is(waitErr, exec.ErrWaitDelay)
-	switch {
-	case !exited0 && errors.Is(context.Cause(ctx), errTimeout):
-		e.Timeout, e.Limit, e.Err = true, f.o.Timeout, context.DeadlineExceeded
-		return nil, e
-	case !exited0 && ctx.Err() != nil:
-		e.Err = context.Cause(ctx)
-		return nil, e
-	case !exited0:
-		return nil, e
-	case out.overflow:
-		e.Err = fmt.Errorf("printed more than %d KiB", maxOutput>>10)
-		return nil, e
-	}
-	tok, err := oneToken(out.buf)
-	if err != nil {
-		e.Err = err
-		return nil, e
-	}
-	return tok, nil
+	return f.o.outcome(ctx, waitErr, out, e, oneToken)
 }
 
 // waitingFor is the Progress message.
