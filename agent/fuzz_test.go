@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
@@ -79,7 +81,7 @@ func FuzzControlAPI(f *testing.F) {
 	f.Fuzz(func(t *testing.T, route uint8, name string, body []byte) {
 		baseline := secmem.Live()
 		ff := &fuzzFetcher{}
-		var logs syncBuf
+		var logs syncbuf.Buffer
 		a := newFuzzAgent(t, ff, &logs)
 		ctx, cancel := context.WithCancel(context.Background())
 		srv := a.server(ctx)
@@ -207,7 +209,7 @@ func mustDecode(t *testing.T, rec *httptest.ResponseRecorder, v any) {
 
 // newFuzzAgent builds an agent that serves the API without mounting
 // anything: the store, the fetcher and the checks are real or stand-ins.
-func newFuzzAgent(t *testing.T, f fetch.Fetcher, logs *syncBuf) *Agent {
+func newFuzzAgent(t *testing.T, f fetch.Fetcher, logs *syncbuf.Buffer) *Agent {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Dir = "/nonexistent/tokend-fuzz"
@@ -262,22 +264,4 @@ func (f *fuzzFetcher) secrets() [][]byte {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.sigs
-}
-
-// syncBuf is a log sink.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

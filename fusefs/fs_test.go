@@ -10,10 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/syncbuf"
 
 	"golang.org/x/sys/unix"
 
@@ -36,30 +37,11 @@ func newToken(t testing.TB, sub string) []byte {
 	return tok
 }
 
-// logSink collects log records so tests can assert on what was logged.
-type logSink struct {
-	mu   sync.Mutex
-	recs []string
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.recs = append(l.recs, string(p))
-	return len(p), nil
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Join(l.recs, "")
-}
-
 type fixture struct {
 	dir   string
 	store *store.Store
 	fs    *FS
-	log   *logSink
+	log   *syncbuf.Buffer
 }
 
 // mount mounts a fresh store as root (the owner), in-process.
@@ -68,7 +50,7 @@ func mount(t *testing.T, limits store.Limits, tweak ...func(*Options)) *fixture 
 	testenv.RequireRoot(t)
 	dir := t.TempDir()
 	st := store.New(limits)
-	sink := &logSink{}
+	sink := &syncbuf.Buffer{}
 	opt := Options{
 		UID:    0,
 		GID:    0,

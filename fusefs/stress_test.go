@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/secmem"
@@ -78,7 +80,7 @@ func TestStress(t *testing.T) {
 	const maxFiles = 16
 	dir := t.TempDir()
 	st := store.New(store.Limits{MaxFiles: maxFiles})
-	sink := &logSink{}
+	sink := &syncbuf.Buffer{}
 	fs, err := Mount(dir, st, Options{
 		Logger: slog.New(slog.NewTextHandler(sink, nil)),
 		// Long enough that a writer starved by the race detector keeps its

@@ -123,7 +123,6 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	return fuse.OK
 }
 
-
 // Write changes the inode's draft.
 func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
 	if !fs.allowed(&in.Caller) {

@@ -13,9 +13,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/syncbuf"
 
 	"github.com/tokend/tokend/token"
 )
@@ -25,24 +26,6 @@ const vectorsDir = "../token/testdata/htcondor-24.0"
 func TestMain(m *testing.M) {
 	harden = func() error { return nil } // leave the test process debuggable
 	os.Exit(m.Run())
-}
-
-// logBuf is a log destination safe for concurrent writes.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // eventually polls cond until it holds or the deadline passes.
@@ -128,7 +111,7 @@ type testServer struct {
 	*Server
 	client *Client
 	socket string
-	logs   *logBuf
+	logs   *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -137,7 +120,7 @@ type testServer struct {
 // nil, changes the server before Serve.
 func start(t *testing.T, o Options, tweak func(*Server)) *testServer {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &syncbuf.Buffer{}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/token"
 )
 
@@ -100,7 +102,7 @@ func TestRun(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr logBuf
+	var stdout, stderr syncbuf.Buffer
 	code := make(chan int, 1)
 	go func() {
 		code <- Run(ctx, []string{"--config", cfg, "--socket", sock, "--password-dir", f.dir}, &stdout, &stderr)

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/testenv"
@@ -27,7 +29,7 @@ import (
 // without waiting for it to be ready.
 func (e *env) launchCmd(cmd *exec.Cmd) {
 	e.t.Helper()
-	e.log = &syncBuffer{}
+	e.log = &syncbuf.Buffer{}
 	e.agent = cmd
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	if err := cmd.Start(); err != nil {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/testenv"
 )
@@ -120,7 +122,7 @@ cat `+tokFile+`
 
 	cmd := testenv.Command(e.u, e.bin, "fetch", "--name", "requested")
 	cmd.Env = append(cmd.Env, "TOKEND_SOCKET="+e.sock)
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

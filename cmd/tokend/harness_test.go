@@ -17,34 +17,17 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/syncbuf"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
-
-// syncBuffer collects a process's output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // env is one user's tokend setup: a work directory owned by the user with a
 // pool key, a config, and (once started) an agent.
@@ -58,7 +41,7 @@ type env struct {
 	config      string
 	agent       *exec.Cmd
 	done        chan error
-	log         *syncBuffer
+	log         *syncbuf.Buffer
 	secrets     [][]byte // every token seen, to be searched for in logs
 }
 
@@ -154,7 +137,7 @@ func (e *env) start() {
 // launch starts the agent as the user without waiting for it.
 func (e *env) launch() {
 	e.t.Helper()
-	e.log = &syncBuffer{}
+	e.log = &syncbuf.Buffer{}
 	e.agent = testenv.Command(e.u, e.bin, "agent", "--config", e.config)
 	e.agent.Stdout, e.agent.Stderr = e.log, e.log
 	if err := e.agent.Start(); err != nil {

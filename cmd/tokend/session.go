@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/api"
@@ -110,9 +112,9 @@ func runSessionHook(ctx context.Context, action string, pid int, configFile stri
 	// only what the user must act on (standard output); the diagnostics
 	// are shown only when the hook fails. Syslog (authpriv) gets them
 	// all, where there is one.
-	var held *lockedBuffer
+	var held *syncbuf.Buffer
 	if session.LastEnv(env, "PAM_TYPE") != "" && userSeesStderr() {
-		held = &lockedBuffer{}
+		held = &syncbuf.Buffer{}
 		stderr = held
 	}
 	if sl, err := syslog.New(syslog.LOG_AUTHPRIV|syslog.LOG_NOTICE, "tokend"); err == nil {
@@ -226,24 +228,7 @@ func userSeesStderr() bool {
 	return out.Mode&unix.S_IFMT == unix.S_IFIFO && out.Dev == err.Dev && out.Ino == err.Ino
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
 // Bytes returns a copy of what was written.
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
 
 // lineWriter sends each complete line to w (a syslog writer: one message
 // per line), at most 64 lines.

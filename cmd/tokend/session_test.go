@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/fusefs"
@@ -170,7 +172,7 @@ type login struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	out   *syncBuffer
+	out   *syncbuf.Buffer
 	ended chan struct{} // closed when pamtester has exited
 	err   error         // its exit status, once ended is closed
 }
@@ -185,7 +187,7 @@ func (p *pamEnv) login() *login {
 
 func (p *pamEnv) startLogin() *login {
 	p.t.Helper()
-	l := &login{t: p.t, out: &syncBuffer{}, ended: make(chan struct{})}
+	l := &login{t: p.t, out: &syncbuf.Buffer{}, ended: make(chan struct{})}
 	// stdbuf: pamtester's messages are block-buffered on a pipe otherwise.
 	l.cmd = exec.Command("stdbuf", "-oL", "pamtester", p.service, p.u.Name, "open_session", "authenticate", "close_session")
 	l.cmd.Stdout, l.cmd.Stderr = l.out, l.out

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/testenv"
 )
@@ -32,7 +34,7 @@ type userManager struct {
 	units   string // runtime/systemd/user: where the test's units go
 	cmd     *exec.Cmd
 	ended   chan struct{}
-	log     *syncBuffer
+	log     *syncbuf.Buffer
 }
 
 // newUserManager prepares the user manager's surroundings and registers
@@ -48,7 +50,7 @@ func newUserManager(t *testing.T, u testenv.User) *userManager {
 		t.Fatal("PID 1 is systemd here: this test emulates a booted systemd (ENVIRONMENT.md) and would fight the real one; run it on a test machine")
 	}
 	exclusive(t)
-	m := &userManager{t: t, u: u, runtime: filepath.Join("/run/user", strconv.Itoa(u.UID)), log: &syncBuffer{}}
+	m := &userManager{t: t, u: u, runtime: filepath.Join("/run/user", strconv.Itoa(u.UID)), log: &syncbuf.Buffer{}}
 	m.units = filepath.Join(m.runtime, "systemd", "user")
 
 	// A cgroup per hierarchy, delegated to the user.
@@ -327,7 +329,7 @@ func TestSystemdUserUnit(t *testing.T) {
 	if n := strings.Count(log, "tokens wiped and directory unmounted"); n != 2 {
 		t.Errorf("the agent logged %d clean wipes, want 2 (stop, manager stop):\n%s", n, log)
 	}
-	e.log = &syncBuffer{} // the harness searches the agent's log for tokens
+	e.log = &syncbuf.Buffer{} // the harness searches the agent's log for tokens
 	e.log.Write([]byte(log))
 	assertNoResidue(t, e.secrets)
 }

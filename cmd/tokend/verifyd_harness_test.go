@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/syncbuf"
+
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
@@ -36,7 +38,7 @@ type verifydProc struct {
 	config string // an empty config file, so /etc/tokend/verifyd.toml is not read
 	cmd    *exec.Cmd
 	done   chan error
-	log    *syncBuffer // every run's output, appended
+	log    *syncbuf.Buffer // every run's output, appended
 	starts int
 }
 
@@ -60,7 +62,7 @@ func newVerifyd(t *testing.T) *verifydProc {
 		keys:   filepath.Join(root, "passwords.d"),
 		sock:   filepath.Join(root, "run", "verify.sock"),
 		config: filepath.Join(root, "verifyd.toml"),
-		log:    &syncBuffer{},
+		log:    &syncbuf.Buffer{},
 	}
 	if err := os.Mkdir(v.keys, 0o700); err != nil {
 		t.Fatal(err)

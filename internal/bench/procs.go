@@ -22,9 +22,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokend/tokend/internal/syncbuf"
 
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"
@@ -71,24 +72,6 @@ func asUser(cmd *exec.Cmd, u account, env ...string) *exec.Cmd {
 		"LOGNAME=" + u.name,
 	}, env...)
 	return cmd
-}
-
-// logBuf collects a process's output safely.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // logTimes returns the times of the log lines whose message is msg, from
@@ -233,7 +216,7 @@ func (h *home) signN(n int) ([][]byte, error) {
 type agent struct {
 	h         *home
 	cmd       *exec.Cmd
-	log       *logBuf
+	log       *syncbuf.Buffer
 	start     time.Time     // just before exec
 	startMono time.Duration // the same, CLOCK_MONOTONIC (to compare with a watcher's)
 	ready     chan time.Time
@@ -258,7 +241,7 @@ func (b *bench) startAgent(h *home, env ...string) (*agent, error) {
 		conn.Close()
 		return nil, err
 	}
-	a := &agent{h: h, log: &logBuf{}, ready: make(chan time.Time, 1), done: make(chan struct{}), notify: conn}
+	a := &agent{h: h, log: &syncbuf.Buffer{}, ready: make(chan time.Time, 1), done: make(chan struct{}), notify: conn}
 	go a.readNotify()
 	a.cmd = asUser(exec.Command(b.tokend, "agent", "--config", h.config), h.u, append([]string{"NOTIFY_SOCKET=" + sockPath}, env...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
@@ -399,7 +382,7 @@ type verifydProc struct {
 	keys string
 	sock string
 	cmd  *exec.Cmd
-	log  *logBuf
+	log  *syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -407,7 +390,7 @@ type verifydProc struct {
 // answers.
 func (b *bench) startVerifyd(key []byte) (*verifydProc, error) {
 	root := filepath.Join(b.work, "verifyd")
-	v := &verifydProc{keys: filepath.Join(root, "passwords.d"), sock: filepath.Join(root, "run", "verify.sock"), log: &logBuf{}, done: make(chan struct{})}
+	v := &verifydProc{keys: filepath.Join(root, "passwords.d"), sock: filepath.Join(root, "run", "verify.sock"), log: &syncbuf.Buffer{}, done: make(chan struct{})}
 	if err := os.MkdirAll(v.keys, 0o700); err != nil {
 		return nil, err
 	}
