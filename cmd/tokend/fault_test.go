@@ -107,7 +107,7 @@ func TestFetchCrashes(t *testing.T) {
 	e.waitFailed("Failed to request a session token: AUTHENTICATE:1003")
 	out, _, _ := e.cli("status")
 	mustMatch(t, "tokend status", out, "tokend-session: failed", "last error:", "Failed to request a session token: AUTHENTICATE:1003")
-	mustMatch(t, "the agent's log", e.log.String(), "could not fetch the session token", "Failed to request a session token")
+	e.waitLog("could not fetch the session token", "Failed to request a session token")
 	if r := e.read(); r.Pick != string(onDisk) {
 		t.Fatalf("while the session fetch fails the tools pick %q, want the token from disk", r.Pick)
 	}
@@ -277,7 +277,7 @@ func TestMemlockZero(t *testing.T) {
 	e := newEnv(t, nil)
 	e.launchCmd(e.agentCmd("prlimit", "--memlock=0:0", "--"))
 	e.waitReady()
-	mustMatch(t, "the agent's log", e.log.String(), "secret memory is not locked", "RLIMIT_MEMLOCK")
+	e.waitLog("secret memory is not locked", "RLIMIT_MEMLOCK")
 	if n := strings.Count(e.log.String(), "secret memory is not locked"); n != 1 {
 		t.Errorf("the warning was logged %d times, want once", n)
 	}

@@ -256,6 +256,21 @@ func (e *env) tokens(all bool) []api.Token {
 	return ts
 }
 
+// waitLog waits until the agent's log holds every one of subs: the log
+// reaches the test through a pipe, a moment after the agent wrote it.
+func (e *env) waitLog(subs ...string) {
+	e.t.Helper()
+	testenv.Eventually(e.t, 5*time.Second, fmt.Sprintf("the agent's log to say %q", subs), func() bool {
+		log := e.log.String()
+		for _, s := range subs {
+			if !strings.Contains(log, s) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // kill SIGKILLs the agent, leaving its mount behind.
 func (e *env) kill() {
 	e.t.Helper()
