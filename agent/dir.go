@@ -1,17 +1,14 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/condor"
 )
 
 // TokenDir is where the HTCondor tools look for tokens: the config's dir,
@@ -22,7 +19,7 @@ func TokenDir(cfg config.Config) (string, error) {
 	if cfg.Dir != "" {
 		return cfg.Dir, nil
 	}
-	if d := condorSetting("SEC_TOKEN_DIRECTORY"); d != "" {
+	if d := condor.PathSetting("SEC_TOKEN_DIRECTORY"); d != "" {
 		return d, nil
 	}
 	u, err := user.LookupId(fmt.Sprint(os.Getuid()))
@@ -30,29 +27,6 @@ func TokenDir(cfg config.Config) (string, error) {
 		return "", fmt.Errorf("could not find uid %d's home directory: %w; set dir in the config", os.Getuid(), err)
 	}
 	return filepath.Join(u.HomeDir, ".condor", "tokens.d"), nil
-}
-
-// condorSetting reads an HTCondor setting: $_CONDOR_<name>, else
-// condor_config_val when HTCondor is installed. "" when unset.
-func condorSetting(name string) string {
-	if v := os.Getenv("_CONDOR_" + name); v != "" {
-		return v
-	}
-	bin, err := exec.LookPath("condor_config_val")
-	if err != nil {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, name).Output()
-	if err != nil {
-		return "" // "Not defined: NAME", exit 1
-	}
-	v := strings.TrimSpace(string(out))
-	if !filepath.IsAbs(v) {
-		return ""
-	}
-	return v
 }
 
 // ensureDir creates the token directory and missing parents, private to the

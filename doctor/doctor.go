@@ -225,18 +225,11 @@ func condorTools(cfg config.Config) Check {
 }
 
 func condorDir(dir string) Check {
-	bin, err := exec.LookPath("condor_config_val")
-	if err != nil {
-		return Check{"SEC_TOKEN_DIRECTORY", OK, "condor_config_val not installed; the tools use <home>/.condor/tokens.d", ""}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, "SEC_TOKEN_DIRECTORY").Output()
-	v := strings.TrimSpace(string(out))
-	if err != nil || v == "" {
+	v := condor.PathSetting("SEC_TOKEN_DIRECTORY")
+	if v == "" {
 		return Check{"SEC_TOKEN_DIRECTORY", OK, "not set: the tools use <home>/.condor/tokens.d", ""}
 	}
-	if v != dir {
+	if fusefs.Canonical(v) != fusefs.Canonical(dir) {
 		return Check{"SEC_TOKEN_DIRECTORY", Fail, fmt.Sprintf("HTCondor reads %s, tokend serves %s", v, dir), "remove dir from the tokend config (it follows SEC_TOKEN_DIRECTORY) or make them agree"}
 	}
 	return Check{"SEC_TOKEN_DIRECTORY", OK, v, ""}

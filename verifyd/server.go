@@ -11,16 +11,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/token"
 )
 
@@ -104,24 +103,8 @@ type Server struct {
 	connLogged time.Time // last "connection limit" log line
 }
 
-// configVal runs `condor_config_val NAME`; tests replace it.
-var configVal = func(name string) string {
-	path, err := exec.LookPath("condor_config_val")
-	if err != nil {
-		return ""
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, path, name).Output()
-	if err != nil {
-		return ""
-	}
-	v := strings.TrimSpace(string(out))
-	if !filepath.IsAbs(v) || strings.ContainsAny(v, "\n\x00") {
-		return ""
-	}
-	return v
-}
+// configVal reads an HTCondor path setting; tests replace it.
+var configVal = condor.PathSetting
 
 // New checks the options and loads the keys once. A key file that cannot be
 // used (wrong owner or mode, unreadable) is logged with how to fix it and
