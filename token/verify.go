@@ -46,14 +46,8 @@ func Check(raw []byte, now time.Time, margin time.Duration, trustDomains []strin
 	if err != nil {
 		return nil, err
 	}
-	if t.ExpiresWithin(now, margin) {
-		return t, fmt.Errorf("%w (exp %s, margin %s)", ErrExpired, unixTime(t.Exp), margin)
-	}
-	if t.Nbf != 0 && now.Before(time.Unix(t.Nbf, 0)) {
-		return t, fmt.Errorf("%w (nbf %s)", ErrNotYetValid, unixTime(t.Nbf))
-	}
-	if len(trustDomains) > 0 && !slices.Contains(trustDomains, t.Iss) {
-		return t, fmt.Errorf("%w %q", ErrUntrustedIssuer, t.Iss)
+	if err := t.CheckClaims(now, margin, trustDomains); err != nil {
+		return t, err
 	}
 	if kr != nil {
 		if err := verifyKey(raw, t, kr); err != nil {
@@ -61,6 +55,21 @@ func Check(raw []byte, now time.Time, margin time.Duration, trustDomains []strin
 		}
 	}
 	return t, nil
+}
+
+// CheckClaims runs the checks that need only the claims: exp reached at
+// now+margin ([ErrExpired]), nbf after now ([ErrNotYetValid]), and, when
+// trustDomains is not empty, iss one of them ([ErrUntrustedIssuer]).
+func (t *Token) CheckClaims(now time.Time, margin time.Duration, trustDomains []string) error {
+	switch {
+	case t.ExpiresWithin(now, margin):
+		return fmt.Errorf("%w (exp %s, margin %s)", ErrExpired, unixTime(t.Exp), margin)
+	case t.Nbf != 0 && now.Before(time.Unix(t.Nbf, 0)):
+		return fmt.Errorf("%w (nbf %s)", ErrNotYetValid, unixTime(t.Nbf))
+	case len(trustDomains) > 0 && !slices.Contains(trustDomains, t.Iss):
+		return fmt.Errorf("%w %q", ErrUntrustedIssuer, t.Iss)
+	}
+	return nil
 }
 
 func unixTime(sec int64) string { return time.Unix(sec, 0).UTC().Format(time.RFC3339) }

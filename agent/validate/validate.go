@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/tokend/tokend/token"
@@ -49,17 +48,7 @@ type Checker struct {
 // Quick runs the checks that need nothing but the claims: expiry with the
 // margin, not-before, and the issuer. Structure was checked by Parse.
 func (c *Checker) Quick(t *token.Token) token.Reason {
-	now := c.now()
-	if t.ExpiresWithin(now, c.Margin) {
-		return token.Expired
-	}
-	if t.Nbf != 0 && now.Unix() < t.Nbf {
-		return token.NotYetValid
-	}
-	if len(c.TrustDomains) > 0 && !slices.Contains(c.TrustDomains, t.Iss) {
-		return token.UntrustedIssuer
-	}
-	return token.Valid
+	return token.ReasonOf(t.CheckClaims(c.now(), c.Margin, c.TrustDomains))
 }
 
 // Check runs Quick, then the first key check that can tell. It returns the
