@@ -17,12 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )

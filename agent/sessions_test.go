@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/testenv"
 )
 
 // testCounter returns a session counter whose end is counted in ended.
@@ -34,15 +36,6 @@ func sessionProcess(t *testing.T) *exec.Cmd {
 	return cmd
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal(what)
-		}
-	}
-}
-
 func TestSessionsCount(t *testing.T) {
 	c, ended := testCounter(t, 0)
 	a, b := sessionProcess(t), sessionProcess(t)
@@ -64,7 +57,7 @@ func TestSessionsCount(t *testing.T) {
 	if n, ending := c.Close(b.Process.Pid); n != 0 || !ending {
 		t.Fatalf("last close: %d, %v", n, ending)
 	}
-	waitUntil(t, "the end was not called", func() bool { return ended.Load() == 1 })
+	testenv.Eventually(t, 10*time.Second, "the end was not called", func() bool { return ended.Load() == 1 })
 	if _, err := c.Open(b.Process.Pid); !errors.Is(err, ErrWiping) {
 		t.Fatalf("open while wiping: %v", err)
 	}
@@ -93,13 +86,13 @@ func TestSessionsDropDeadProcesses(t *testing.T) {
 	c.Open(a.Process.Pid)
 	c.Open(b.Process.Pid)
 	a.Process.Kill() // not reaped: a zombie until the cleanup
-	waitUntil(t, "the dead session was not dropped", func() bool { return c.Count() == 1 })
+	testenv.Eventually(t, 10*time.Second, "the dead session was not dropped", func() bool { return c.Count() == 1 })
 	if ended.Load() != 0 {
 		t.Fatal("ended with a session left")
 	}
 	b.Process.Kill()
 	b.Wait()
-	waitUntil(t, "the last dead session did not end the agent", func() bool { return ended.Load() == 1 })
+	testenv.Eventually(t, 10*time.Second, "the last dead session did not end the agent", func() bool { return ended.Load() == 1 })
 	c.mu.Lock()
 	gone := c.lastGone
 	c.mu.Unlock()
@@ -124,5 +117,5 @@ func TestSessionsGrace(t *testing.T) {
 		t.Fatal("a login during the grace did not cancel the end")
 	}
 	c.Close(a.Process.Pid)
-	waitUntil(t, "no end after the grace", func() bool { return ended.Load() == 1 })
+	testenv.Eventually(t, 10*time.Second, "no end after the grace", func() bool { return ended.Load() == 1 })
 }

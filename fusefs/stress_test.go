@@ -21,9 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"

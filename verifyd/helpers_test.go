@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/token"
 )
 
@@ -26,21 +25,6 @@ const vectorsDir = "../token/testdata/htcondor-24.0"
 func TestMain(m *testing.M) {
 	harden = func() error { return nil } // leave the test process debuggable
 	os.Exit(m.Run())
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, what)
-		}
-		time.Sleep(wait)
-	}
 }
 
 // sockDir returns a short directory for sockets (sun_path is 108 bytes;

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
 
@@ -90,7 +91,7 @@ func TestVectors(t *testing.T) {
 	if g, err := ts.client.WaitChange(ctx, g0); err != nil || g == g0 {
 		t.Fatalf("WaitChange(%d) = %d, %v; want a new generation", g0, g, err)
 	}
-	eventually(t, 5*time.Second, "verdicts after the rotation", func() bool { return matches("keys-rotated", false) })
+	testenv.Eventually(t, 5*time.Second, "verdicts after the rotation", func() bool { return matches("keys-rotated", false) })
 	matches("keys-rotated", true)
 }
 
@@ -338,7 +339,7 @@ func TestRotationShapes(t *testing.T) {
 			}()
 			// Let the long poll reach the server first, so it is woken
 			// rather than answered at once (it works either way).
-			eventually(t, 5*time.Second, "the long poll to be waiting", func() bool {
+			testenv.Eventually(t, 5*time.Second, "the long poll to be waiting", func() bool {
 				return ts.waiting.Load() > 0
 			})
 			sh.rotate(t, f, pool)
@@ -356,7 +357,7 @@ func TestRotationShapes(t *testing.T) {
 				t.Errorf("WaitChange returned %v after the change; want well under a second", lag)
 			}
 			got := map[string]token.Reason{}
-			eventually(t, 5*time.Second, "the verdicts after the change", func() bool {
+			testenv.Eventually(t, 5*time.Second, "the verdicts after the change", func() bool {
 				for name, w := range sh.after {
 					if got[name] = ts.answer(t, tokens[name]); got[name] != w {
 						return false
@@ -457,7 +458,7 @@ func TestRefusedKeyFiles(t *testing.T) {
 	if err := os.Chmod(ap, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "AP to be used once chmod 600", func() bool {
+	testenv.Eventually(t, 5*time.Second, "AP to be used once chmod 600", func() bool {
 		return ts.answer(t, f.tOldAP) == token.Valid
 	})
 	if g := ts.gen(t); g != g0+1 {
@@ -467,7 +468,7 @@ func TestRefusedKeyFiles(t *testing.T) {
 	if err := os.Chown(ap, 1, -1); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "AP owned by uid 1 to be left out", func() bool {
+	testenv.Eventually(t, 5*time.Second, "AP owned by uid 1 to be left out", func() bool {
 		return ts.answer(t, f.tOldAP) == unavailable
 	})
 	if g := ts.gen(t); g != g0+2 {
@@ -568,20 +569,20 @@ func TestRecreatedDirectoryIsWatched(t *testing.T) {
 			t.Fatal(err)
 		}
 		// No key at all: no verdict on anything.
-		eventually(t, 5*time.Second, "keys to go with the directory", func() bool {
+		testenv.Eventually(t, 5*time.Second, "keys to go with the directory", func() bool {
 			return ts.answer(t, f.tOldPool) == unavailable && ts.answer(t, f.tExtra) == unavailable
 		})
 		if err := os.Mkdir(f.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
 		writeKey(t, filepath.Join(f.dir, "POOL"), f.oldPool)
-		eventually(t, 5*time.Second, "a key written into the recreated directory", func() bool {
+		testenv.Eventually(t, 5*time.Second, "a key written into the recreated directory", func() bool {
 			return ts.answer(t, f.tOldPool) == token.Valid
 		})
 		// The reload that found POOL re-added the watch: a later key is
 		// seen through it (the periodic reload is a minute away).
 		writeKey(t, filepath.Join(f.dir, "NEW"), f.extra)
-		eventually(t, 5*time.Second, "a later key in the recreated directory", func() bool {
+		testenv.Eventually(t, 5*time.Second, "a later key in the recreated directory", func() bool {
 			return ts.answer(t, f.tExtra) == token.Valid
 		})
 		t.Logf("round %d: generation %d", round, ts.Generation())

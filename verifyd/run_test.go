@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/syncbuf"
-
+	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
 
@@ -109,7 +109,7 @@ func TestRun(t *testing.T) {
 	}()
 	c := NewClient(sock)
 	defer c.Close()
-	eventually(t, 10*time.Second, "Run to answer on its socket", func() bool {
+	testenv.Eventually(t, 10*time.Second, "Run to answer on its socket", func() bool {
 		_, err := c.Generation(ctx)
 		return err == nil
 	})

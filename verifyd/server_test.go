@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
 
@@ -165,7 +166,7 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("the rate limit is logged %d times in %.1fs; once per %v is enough", n, elapsed, logEvery)
 	}
 	// The server keeps working: once the bucket refills, verdicts come.
-	eventually(t, 5*time.Second, "Verify to work again after the flood", func() bool {
+	testenv.Eventually(t, 5*time.Second, "Verify to work again after the flood", func() bool {
 		r, err := ts.client.Verify(ctx, f.tOldPool)
 		return err == nil && r.Reason == token.Valid
 	})
@@ -222,7 +223,7 @@ func TestConnectionLimit(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	eventually(t, 5*time.Second, "the connection limit to refuse a connection", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the connection limit to refuse a connection", func() bool {
 		c, err := net.Dial("unix", ts.socket)
 		if err != nil {
 			return false
@@ -237,7 +238,7 @@ func TestConnectionLimit(t *testing.T) {
 		c.Close()
 	}
 	conns = nil
-	eventually(t, 5*time.Second, "connections to be allowed again", func() bool {
+	testenv.Eventually(t, 5*time.Second, "connections to be allowed again", func() bool {
 		_, err := ts.client.Generation(context.Background())
 		return err == nil
 	})
@@ -263,7 +264,7 @@ func TestLongPoll(t *testing.T) {
 	// A cancelled wait is an error, never a generation.
 	cctx, cancel := context.WithCancel(ctx)
 	go func() {
-		eventually(t, 5*time.Second, "the poll to wait", func() bool { return ts.waiting.Load() > 0 })
+		testenv.Eventually(t, 5*time.Second, "the poll to wait", func() bool { return ts.waiting.Load() > 0 })
 		cancel()
 	}()
 	ts.pollTimeout = time.Hour // read at request time: raced only with this goroutine's own poll
@@ -281,7 +282,7 @@ func TestShutdownAnswersPolls(t *testing.T) {
 		_, err := ts.client.WaitChange(context.Background(), g)
 		got <- err
 	}()
-	eventually(t, 5*time.Second, "the poll to wait", func() bool { return ts.waiting.Load() > 0 })
+	testenv.Eventually(t, 5*time.Second, "the poll to wait", func() bool { return ts.waiting.Load() > 0 })
 	ts.cancel()
 	select {
 	case err := <-ts.done:
@@ -383,7 +384,7 @@ func TestNoSecretsLeak(t *testing.T) {
 	if _, err := ts.client.WaitChange(context.Background(), g0); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the rotation", func() bool { return ts.reason(t, f.tExtra) == token.Valid })
+	testenv.Eventually(t, 5*time.Second, "the rotation", func() bool { return ts.reason(t, f.tExtra) == token.Valid })
 	for _, tok := range tokens {
 		post(tok)
 	}

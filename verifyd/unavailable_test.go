@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )
 
@@ -81,7 +82,7 @@ func TestPoolReadableByOthers(t *testing.T) {
 	if err := os.Chmod(pool, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "POOL to be used once chmod 600", func() bool {
+	testenv.Eventually(t, 5*time.Second, "POOL to be used once chmod 600", func() bool {
 		return ts.answer(t, f.tOldPool) == token.Valid
 	})
 	if g := ts.gen(t); g != g0+1 {
@@ -90,7 +91,7 @@ func TestPoolReadableByOthers(t *testing.T) {
 	if err := os.Chmod(pool, 0o640); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "POOL to be refused again", func() bool {
+	testenv.Eventually(t, 5*time.Second, "POOL to be refused again", func() bool {
 		return ts.answer(t, f.tOldPool) == unavailable
 	})
 	if g := ts.gen(t); g != g0+2 {
@@ -118,7 +119,7 @@ func TestPoolEmpty(t *testing.T) {
 	if err := os.WriteFile(pool, f.newPool, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the written POOL to be used", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the written POOL to be used", func() bool {
 		return ts.answer(t, f.tNewPool) == token.Valid
 	})
 	if r := ts.answer(t, f.tOldPool); r != token.RotatedKey {
@@ -155,7 +156,7 @@ func TestPoolMissing(t *testing.T) {
 		}
 		g0 := ts.gen(t)
 		writeKey(t, pool, f.oldPool)
-		eventually(t, 5*time.Second, "POOL to be used once it appears", func() bool {
+		testenv.Eventually(t, 5*time.Second, "POOL to be used once it appears", func() bool {
 			return ts.answer(t, f.tOldPool) == token.Valid
 		})
 		if g := ts.gen(t); g != g0+1 {
@@ -217,7 +218,7 @@ func TestNoKeys(t *testing.T) {
 
 	g0 := ts.gen(t)
 	writeKey(t, filepath.Join(empty, "AP"), f.oldAP)
-	eventually(t, 5*time.Second, "AP to be used", func() bool { return ts.answer(t, f.tOldAP) == token.Valid })
+	testenv.Eventually(t, 5*time.Second, "AP to be used", func() bool { return ts.answer(t, f.tOldAP) == token.Valid })
 	if g := ts.gen(t); g != g0+1 {
 		t.Fatalf("generation %d, want %d", g, g0+1)
 	}
@@ -232,7 +233,7 @@ func TestNoKeys(t *testing.T) {
 	if err := os.Remove(filepath.Join(empty, "AP")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "no verdicts once the last key is gone", func() bool {
+	testenv.Eventually(t, 5*time.Second, "no verdicts once the last key is gone", func() bool {
 		return ts.answer(t, f.tOldAP) == unavailable
 	})
 	if r := ts.answer(t, f.tExtra); r != unavailable {

@@ -1,7 +1,6 @@
 package fetch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -155,38 +154,9 @@ func TestExec(t *testing.T) {
 				waitGroupGone(t, s.pid(t))
 			}
 			noSecret(t, err, tok, []byte(garbage))
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("Fetch: %v", err)
-				}
-				defer got.Wipe()
-				if !bytes.Equal(got.Bytes(), tok) {
-					t.Errorf("Fetch returned another token")
-				}
-			} else {
-				if err == nil {
-					got.Wipe()
-					t.Fatalf("Fetch succeeded, want an error with %q", tt.wantErr)
-				}
-				if got != nil {
-					t.Errorf("Fetch returned a token with its error")
-				}
-				fe := asError(t, err)
-				if !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("error %q, want it to contain %q", err, tt.wantErr)
-				}
-				if !strings.Contains(fe.Message, tt.wantMessage) {
-					t.Errorf("Message %q, want it to contain %q", fe.Message, tt.wantMessage)
-				}
-				if fe.Timeout != tt.wantTimeout {
-					t.Errorf("Timeout = %v, want %v", fe.Timeout, tt.wantTimeout)
-				}
-				if fe.Method != "exec" || fe.Command != "condor_token_fetch" {
-					t.Errorf("Method, Command = %q, %q", fe.Method, fe.Command)
-				}
-				if tt.wantTimeout && !errors.Is(err, context.DeadlineExceeded) {
-					t.Errorf("timeout error does not wrap context.DeadlineExceeded: %v", err)
-				}
+			checkOutcome(t, got, err, tok, wantOutcome{tt.wantErr, tt.wantMessage, tt.wantTimeout, "exec", "condor_token_fetch"})
+			if tt.wantTimeout && !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("timeout error does not wrap context.DeadlineExceeded: %v", err)
 			}
 			if tt.wantArgs != nil {
 				if args := s.argv(t); !slices.Equal(args, tt.wantArgs) {

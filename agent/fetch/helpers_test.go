@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )
 
@@ -146,6 +147,51 @@ func asError(t *testing.T, err error) *Error {
 	var fe *Error
 	if !errors.As(err, &fe) {
 		t.Fatalf("error %T is not a *fetch.Error: %v", err, err)
+	}
+	return fe
+}
+
+// wantOutcome is what a Fetch must give: the token when err is "", else an
+// *Error whose text holds err and whose Message holds message.
+type wantOutcome struct {
+	err, message    string
+	timeout         bool
+	method, command string
+}
+
+// checkOutcome fails the test unless Fetch's result is as w says. It
+// returns the *Error (nil on success) for further checks.
+func checkOutcome(t *testing.T, got *secmem.Buffer, err error, tok []byte, w wantOutcome) *Error {
+	t.Helper()
+	if w.err == "" {
+		if err != nil {
+			t.Fatalf("Fetch: %v", err)
+		}
+		defer got.Wipe()
+		if !bytes.Equal(got.Bytes(), tok) {
+			t.Errorf("Fetch returned another token")
+		}
+		return nil
+	}
+	if err == nil {
+		got.Wipe()
+		t.Fatalf("Fetch succeeded, want an error with %q", w.err)
+	}
+	if got != nil {
+		t.Errorf("Fetch returned a token with its error")
+	}
+	fe := asError(t, err)
+	if !strings.Contains(err.Error(), w.err) {
+		t.Errorf("error %q, want it to contain %q", err, w.err)
+	}
+	if !strings.Contains(fe.Message, w.message) {
+		t.Errorf("Message %q, want it to contain %q", fe.Message, w.message)
+	}
+	if fe.Timeout != w.timeout {
+		t.Errorf("Timeout = %v, want %v", fe.Timeout, w.timeout)
+	}
+	if fe.Method != w.method || fe.Command != w.command {
+		t.Errorf("Method, Command = %q, %q; want %q, %q", fe.Method, fe.Command, w.method, w.command)
 	}
 	return fe
 }

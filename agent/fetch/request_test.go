@@ -1,7 +1,6 @@
 package fetch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -127,35 +126,9 @@ func TestRequest(t *testing.T) {
 			waitGroupGone(t, s.pid(t))
 			noSecret(t, err, tok)
 
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatalf("Fetch: %v", err)
-				}
-				defer got.Wipe()
-				if !bytes.Equal(got.Bytes(), tok) {
-					t.Errorf("Fetch returned another token")
-				}
-			} else {
-				if err == nil {
-					got.Wipe()
-					t.Fatalf("Fetch succeeded, want an error with %q", tt.wantErr)
-				}
-				fe := asError(t, err)
-				if !strings.Contains(err.Error(), tt.wantErr) {
-					t.Errorf("error %q, want it to contain %q", err, tt.wantErr)
-				}
-				if !strings.Contains(fe.Message, tt.wantMsg) {
-					t.Errorf("Message %q, want it to contain %q", fe.Message, tt.wantMsg)
-				}
-				if fe.Timeout != tt.wantTime {
-					t.Errorf("Timeout = %v, want %v", fe.Timeout, tt.wantTime)
-				}
-				if fe.Method != "request" || fe.Command != "condor_token_request" {
-					t.Errorf("Method, Command = %q, %q", fe.Method, fe.Command)
-				}
-				if tt.cancel && !errors.Is(err, context.Canceled) {
-					t.Errorf("error does not wrap context.Canceled")
-				}
+			checkOutcome(t, got, err, tok, wantOutcome{tt.wantErr, tt.wantMsg, tt.wantTime, "request", "condor_token_request"})
+			if tt.cancel && !errors.Is(err, context.Canceled) {
+				t.Errorf("error does not wrap context.Canceled")
 			}
 
 			if len(seen) == 0 || seen[0].Started.IsZero() || seen[0].Message == "" {

@@ -18,10 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 )
 

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 )
 

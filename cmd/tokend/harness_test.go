@@ -21,10 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 )

@@ -15,11 +15,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/session"
 )
 

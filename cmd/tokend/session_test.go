@@ -24,11 +24,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/session"
 )

@@ -19,9 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"

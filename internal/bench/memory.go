@@ -148,14 +148,8 @@ func (b *bench) idleAgent(phase string, u account, env ...string) (*agent, mem, 
 	if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
 		return nil, mem{}, err
 	}
-	a, err := b.startAgent(h, env...)
+	a, err := b.startServing(h, env...)
 	if err != nil {
-		return nil, mem{}, err
-	}
-	if _, err := a.waitReady(20 * time.Second); err != nil {
-		return nil, mem{}, err
-	}
-	if _, err := a.waitLog("token fetched", a.start, 20*time.Second); err != nil {
 		return nil, mem{}, err
 	}
 	if err := b.fill(h); err != nil {

@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/syncbuf"
-
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"
 )
@@ -224,6 +223,22 @@ type agent struct {
 	err       error         // exit status, once done is closed
 	notify    *net.UnixConn
 	stopped   time.Duration // SIGTERM to exit, once stopped
+}
+
+// startServing starts h's agent and waits until it is mounted and holds its
+// session token.
+func (b *bench) startServing(h *home, env ...string) (*agent, error) {
+	a, err := b.startAgent(h, env...)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.waitReady(20 * time.Second); err != nil {
+		return nil, err
+	}
+	if _, err := a.waitLog("token fetched", a.start, 20*time.Second); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // startAgent runs an agent for h. It returns once the process has
