@@ -15,7 +15,6 @@ import (
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/store"
 )
 
@@ -140,13 +139,27 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, a.Status())
 }
 
+// mounted reports whether the agent's mount is up: from the mount's own
+// state, not by reading /proc at every status request.
+func (a *Agent) mounted() bool {
+	if a.fs == nil {
+		return false
+	}
+	select {
+	case <-a.fs.Gone():
+		return false
+	default:
+		return true
+	}
+}
+
 // Status reports the agent's state.
 func (a *Agent) Status() api.Status {
 	st := api.Status{
 		Version:      a.version,
 		PID:          os.Getpid(),
 		Dir:          a.dir,
-		Mounted:      fusefs.Mounted(a.dir),
+		Mounted:      a.mounted(),
 		Socket:       a.socket,
 		Started:      a.started,
 		Sessions:     a.sessions.Count(),
