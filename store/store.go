@@ -87,12 +87,13 @@ type Store struct {
 	now       func() time.Time
 	listeners atomic.Pointer[[]func(Change)] // copied on write: read without a lock
 
-	mu      sync.Mutex       // guards everything below
-	byName  map[string]*file // every file, visible or not
-	byIno   map[uint64]*file
-	lastIno uint64 // inode numbers are never reused
-	lastID  uint64 // token ids are never reused
-	closed  bool   // after Close nothing is accepted
+	mu         sync.Mutex       // guards everything below
+	byName     map[string]*file // every file, visible or not
+	byIno      map[uint64]*file
+	lastIno    uint64 // inode numbers are never reused
+	lastID     uint64 // token ids are never reused
+	lastChange uint64 // orders changes (file.changed)
+	closed     bool   // after Close nothing is accepted
 }
 
 // maxHidden bounds the hidden tokens remembered per file.
@@ -103,6 +104,7 @@ type file struct {
 	name    string
 	ino     uint64
 	mtime   time.Time
+	changed uint64         // order of the last change among all files (mtime can run ahead of the clock)
 	content *secmem.Buffer // nil when empty
 	tokens  []tokenLine    // the token lines in content, in order
 	hidden  []Info         // tokens cut out of this name, newest last
@@ -300,6 +302,8 @@ func (s *Store) Create(name string) (Attr, error) {
 		return Attr{}, err
 	}
 	f.mtime = s.now()
+	s.lastChange++
+	f.changed = s.lastChange
 	a := f.attr()
 	s.mu.Unlock()
 	s.notify([]Change{{Kind: Added, Name: name, Ino: a.Ino}})
@@ -334,7 +338,7 @@ func (s *Store) newFileLocked(name string) (*file, error) {
 func (s *Store) oldestInvisibleLocked() *file {
 	var victim *file
 	for _, f := range s.byName {
-		if !f.visible() && (victim == nil || f.mtime.Before(victim.mtime)) {
+		if !f.visible() && (victim == nil || f.changed < victim.changed) {
 			victim = f
 		}
 	}
@@ -396,8 +400,15 @@ func (s *Store) Touch(ino uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f := s.byIno[ino]; f != nil {
-		f.mtime = s.later(f.mtime)
+		s.touchLocked(f)
 	}
+}
+
+// touchLocked records a change to f.
+func (s *Store) touchLocked(f *file) {
+	f.mtime = s.later(f.mtime)
+	s.lastChange++
+	f.changed = s.lastChange
 }
 
 // later is the mtime of a change to a file whose mtime was prev: now, but
@@ -493,7 +504,7 @@ func (s *Store) setLocked(f *file, p *parsed) {
 		s.lastID++
 		f.tokens[i].id = s.lastID
 	}
-	f.mtime = s.later(f.mtime)
+	s.touchLocked(f)
 	for i := len(f.tokens) - 1; i >= 0; i-- {
 		if r := p.reasons[i]; r != token.Valid {
 			s.hideLocked(f, i, r)
@@ -530,7 +541,7 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 			}
 			f.wipe()
 			f.emptied = true
-			f.mtime = s.later(f.mtime)
+			s.touchLocked(f)
 			return
 		}
 		nb := next.Bytes()
@@ -545,7 +556,7 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 		f.tokens[j].start -= cut
 		f.tokens[j].end -= cut
 	}
-	f.mtime = s.later(f.mtime)
+	s.touchLocked(f)
 }
 
 // remember keeps why a token was hidden, for `tokend list --all`: once per
