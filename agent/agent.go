@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
-	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/secmem"
@@ -93,13 +93,10 @@ func newAgent(o Options) (*Agent, error) {
 	a.sessions = newSessionCounter(a.endSessions)
 	a.sessions.grace = cfg.Session.Grace.Std()
 	var err error
-	if a.dir, err = TokenDir(cfg); err != nil {
+	if a.dir, err = cfg.TokenDir(); err != nil {
 		return nil, err
 	}
-	a.socket = cfg.Socket
-	if a.socket == "" {
-		a.socket = api.DefaultSocket()
-	}
+	a.socket = cfg.AgentSocket()
 	if a.fetcher == nil {
 		if a.fetcher, err = fetch.New(fetchOptions(cfg)); err != nil {
 			return nil, fmt.Errorf("config [fetch]: %w", err)
@@ -126,15 +123,17 @@ func newAgent(o Options) (*Agent, error) {
 }
 
 func (a *Agent) run(ctx context.Context, ready func()) (err error) {
-	ln, err := listen(a.socket)
+	ln, lock, err := listen(config.RuntimeFiles(a.socket))
 	if err != nil {
 		return err
 	}
 	defer func() {
 		// Remove the socket while still holding the lock: a new agent may
-		// take both the moment the lock goes.
+		// take both the moment the lock goes. (The server closes the
+		// listener when it stops; the lock is not part of it.)
 		os.Remove(a.socket)
 		ln.Close()
+		lock.Close()
 	}()
 
 	if stale, err := fusefs.RecoverStale(a.dir); err != nil {
@@ -183,7 +182,9 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	defer cancel()
 	srv := a.server(ctx)
 	go srv.Serve(ln)
-	defer srv.Close()
+	// Runs before the wipe: the requests in flight are answered first
+	// (the last session close, wipe --logout), then the tokens go.
+	defer stopServing(srv)
 	if ready != nil {
 		ready()
 	}
@@ -237,58 +238,62 @@ func poke(c chan struct{}) {
 // listen creates the control socket: its directory 0700, the socket 0600.
 // A socket that still answers belongs to a running agent and is left alone.
 //
-// An agent holds a lock beside its socket for its whole life, so that two
-// agents starting at once cannot both decide the socket is stale and take
-// it from each other. Closing the listener releases the lock.
-func listen(socket string) (net.Listener, error) {
-	if err := EnsurePrivateDir(socketDir(socket)); err != nil {
-		return nil, err
+// It returns the agent's lock, which the agent holds for its whole life, so
+// that two agents starting at once cannot both decide the socket is stale
+// and take it from each other. Closing the file releases the lock; the file
+// itself stays. Removing it would let two agents hold "the" lock at once:
+// one that opened the old file just before it went, and locks it once it is
+// released, and one that creates a new file. (systemd removes the runtime
+// directory with the unit; the PAM hook's files stay there anyway.)
+func listen(rt config.Runtime) (net.Listener, *os.File, error) {
+	socket := rt.Socket
+	if err := config.EnsurePrivateDir(rt.Dir); err != nil {
+		return nil, nil, err
 	}
-	lock, err := os.OpenFile(socket+".lock", os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	lock, err := os.OpenFile(rt.Lock, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("another tokend agent is already running on %s", socket)
+		return nil, nil, fmt.Errorf("another tokend agent is already running on %s", socket)
 	}
 	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
 		c.Close()
 		lock.Close()
-		return nil, fmt.Errorf("another tokend agent is already running on %s", socket)
+		return nil, nil, fmt.Errorf("another tokend agent is already running on %s", socket)
 	}
 	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		lock.Close()
-		return nil, fmt.Errorf("could not remove the stale socket %s: %w", socket, err)
+		return nil, nil, fmt.Errorf("could not remove the stale socket %s: %w", socket, err)
 	}
 	ln, err := net.Listen("unix", socket)
 	if err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("could not listen on %s: %w", socket, err)
+		return nil, nil, fmt.Errorf("could not listen on %s: %w", socket, err)
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	// The directory is already private; the mode is a second fence.
 	if err := os.Chmod(socket, 0o600); err != nil {
 		ln.Close()
 		lock.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return &lockedListener{Listener: ln, lock: lock}, nil
+	return ln, lock, nil
 }
 
-// lockedListener releases the agent's lock when it is closed.
-type lockedListener struct {
-	net.Listener
-	lock *os.File
-}
+// shutdownGrace bounds how long the agent waits, when it ends, for the
+// requests in flight to be answered before it closes their connections.
+const shutdownGrace = 2 * time.Second
 
-func (l *lockedListener) Close() error {
-	err := l.Listener.Close()
-	// Leave nothing behind in the runtime directory (systemd removes an
-	// empty one with the unit).
-	os.Remove(l.lock.Name())
-	l.lock.Close()
-	return err
+// stopServing stops accepting connections and lets the requests in flight
+// finish within shutdownGrace, then closes what is left.
+func stopServing(srv *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if srv.Shutdown(ctx) != nil {
+		srv.Close()
+	}
 }
 
 // MemoryLocked reports whether every token buffer is locked in memory.

@@ -242,7 +242,7 @@ func (f *fuzzFetcher) Fetch(ctx context.Context, req fetch.Request, progress fun
 		progress(fetch.Progress{Started: time.Now(), Message: "fetching"})
 	}
 	if slices.Contains(req.Authz, "FAIL") {
-		return nil, &fetch.Error{Method: fetch.MethodExec, Command: "condor_token_fetch", Message: "Failed to request a session token: fuzz", Err: errors.New("exit status 1")}
+		return nil, &fetch.Error{Method: config.MethodExec, Command: "condor_token_fetch", Message: "Failed to request a session token: fuzz", Err: errors.New("exit status 1")}
 	}
 	life := req.Lifetime
 	if life == 0 {
@@ -250,7 +250,7 @@ func (f *fuzzFetcher) Fetch(ctx context.Context, req fetch.Request, progress fun
 	}
 	raw, err := token.Sign(token.Claims{Issuer: "example.org", Subject: "u@example.org", Authz: req.Authz, Lifetime: life}, "POOL", fuzzKey)
 	if err != nil {
-		return nil, &fetch.Error{Method: fetch.MethodExec, Command: "condor_token_fetch", Err: err}
+		return nil, &fetch.Error{Method: config.MethodExec, Command: "condor_token_fetch", Err: err}
 	}
 	defer clear(raw)
 	f.mu.Lock()

@@ -11,8 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"time"
 )
 
@@ -22,7 +20,9 @@ type Client struct {
 	http   *http.Client
 }
 
-// NewClient returns a client for the agent listening on socket.
+// NewClient returns a client for the agent listening on socket (the config
+// package says where that is: config.SocketOverride, else
+// Config.AgentSocket).
 func NewClient(socket string) *Client {
 	d := net.Dialer{Timeout: 5 * time.Second}
 	return &Client{
@@ -34,19 +34,6 @@ func NewClient(socket string) *Client {
 			DisableCompression: true,
 		}},
 	}
-}
-
-// DefaultSocket is where an agent listens unless told otherwise: --socket,
-// else $TOKEND_SOCKET, else $XDG_RUNTIME_DIR/tokend/agent.sock.
-func DefaultSocket() string {
-	if s := os.Getenv("TOKEND_SOCKET"); s != "" {
-		return s
-	}
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = fmt.Sprintf("/run/user/%d", os.Getuid())
-	}
-	return filepath.Join(dir, "tokend", "agent.sock")
 }
 
 // do sends a request and decodes a JSON answer into out (unless nil).

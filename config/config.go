@@ -1,4 +1,6 @@
-// Package config loads tokend's TOML configuration.
+// Package config loads tokend's TOML configuration and resolves the paths
+// it names (token directory, agent socket and the files beside it): it is
+// the one home of tokend's defaults, and every other package asks it.
 //
 // The keys, their defaults and their meaning are a contract with users and
 // scripts (see DESIGN.md, "The interface"); Example returns them as a
@@ -12,6 +14,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/tokend/tokend/token"
 )
 
 // Config is the whole tokend configuration.
@@ -88,7 +92,10 @@ const (
 	MaxMaxFileSize = 1 << 20
 	MaxMaxNameLen  = 255
 
+	// DefaultVerifyd is verifyd's socket, where agents look for it.
 	DefaultVerifyd = "/run/tokend/verify.sock"
+	// DefaultFetchTimeout bounds one fetch (fetch.timeout).
+	DefaultFetchTimeout = 60 * time.Second
 )
 
 // Default returns the built-in configuration. Every call returns fresh
@@ -104,9 +111,9 @@ func Default() Config {
 			Command:  []string{},
 			Lifetime: 0,
 			Authz:    []string{},
-			Timeout:  Duration(60 * time.Second),
+			Timeout:  Duration(DefaultFetchTimeout),
 			Local: Local{
-				Key: "POOL",
+				Key: token.PoolKeyName,
 			},
 		},
 		Validate: Validate{

@@ -250,6 +250,9 @@ verifyd = %q
 		return err
 	}
 	d.agent = exec.Command(d.exe, "agent", "--config", cfgFile)
+	// As for the CLI (cli): a $TOKEND_SOCKET of the caller's would win
+	// over the config's socket.
+	d.agent.Env = append(os.Environ(), "TOKEND_SOCKET="+d.sock)
 	d.agent.Stdout, d.agent.Stderr = log, log
 	d.say("   $ tokend agent --config %s", cfgFile)
 	if err := d.agent.Start(); err != nil {

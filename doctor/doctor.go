@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tokend/tokend/agent"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
@@ -42,7 +41,7 @@ type Check struct {
 // Options says what to check.
 type Options struct {
 	ConfigFile string // "" = the usual files
-	Socket     string // "" = api.DefaultSocket()
+	Socket     string // "" = $TOKEND_SOCKET, else the config's socket (config.SocketOverride)
 }
 
 // Run runs every check, in the order a person would fix things.
@@ -57,16 +56,13 @@ func Run(ctx context.Context, o Options) []Check {
 	if cfg.AllowRoot {
 		add(userAllowOther())
 	}
-	dir, err := agent.TokenDir(cfg)
+	dir, err := cfg.TokenDir()
 	if err != nil {
 		add(Check{"token directory", Fail, err.Error(), "set dir in the config"})
 	}
-	socket := o.Socket
+	socket := config.SocketOverride(o.Socket)
 	if socket == "" {
-		socket = cfg.Socket
-	}
-	if socket == "" {
-		socket = api.DefaultSocket()
+		socket = cfg.AgentSocket()
 	}
 	st, agentCheck := agentStatus(ctx, socket)
 	add(agentCheck)
@@ -208,9 +204,9 @@ func condorView(dir string) Check {
 func condorTools(cfg config.Config) Check {
 	var need string
 	switch cfg.Fetch.Method {
-	case "local":
+	case config.MethodLocal:
 		return Check{"HTCondor tools", OK, "not needed: fetch.method = local", ""}
-	case "request":
+	case config.MethodRequest:
 		need = "condor_token_request"
 	default:
 		need = "condor_token_fetch"

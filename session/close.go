@@ -33,13 +33,13 @@ func Close(ctx context.Context, o Options) (Closed, error) {
 	if err != nil {
 		return Closed{}, err
 	}
-	c := api.NewClient(p.socket)
+	c := api.NewClient(p.Socket)
 	st, err := c.Status(ctx)
 	if errors.Is(err, api.ErrNoAgent) {
 		return Closed{NoAgent: true}, nil
 	}
 	if err != nil {
-		return Closed{}, fmt.Errorf("the agent on %s: %w", p.socket, err)
+		return Closed{}, fmt.Errorf("the agent on %s: %w", p.Socket, err)
 	}
 	// Watch the agent before asking, so its exit cannot be missed.
 	pidfd, err := unix.PidfdOpen(st.PID, 0)

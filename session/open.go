@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
-	"github.com/tokend/tokend/agent"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 )
@@ -28,6 +26,9 @@ type Options struct {
 	Timeout time.Duration
 	// Agent is the tokend binary that runs the agent; "" = this executable.
 	Agent string
+	// Socket is the agent's control socket (`tokend agent --socket`);
+	// "" = $TOKEND_SOCKET, else the configuration's, as the agent finds it.
+	Socket string
 }
 
 // Opened says what Open did.
@@ -39,36 +40,16 @@ type Opened struct {
 	Log      string     // the agent's log file, when Open started the agent
 }
 
-// paths are the files of one user's agent, beside its socket.
-type paths struct {
-	socket  string
-	dir     string // the socket's directory, private to the user
-	log     string // the output of an agent Open started
-	pidFile string // "PID STARTTIME" of the agent Open started
-	lock    string // serializes starting the agent
-}
-
-func pathsFor(cfg config.Config) paths {
-	socket := cfg.Socket
-	if socket == "" {
-		socket = api.DefaultSocket()
-	}
-	dir := filepath.Dir(socket)
-	return paths{
-		socket:  socket,
-		dir:     dir,
-		log:     filepath.Join(dir, "agent.log"),
-		pidFile: filepath.Join(dir, "agent.pid"),
-		lock:    filepath.Join(dir, "session.lock"),
-	}
-}
-
-func (o Options) load() (config.Config, paths, error) {
+func (o Options) load() (config.Config, config.Runtime, error) {
 	cfg, err := config.Load(o.Config)
 	if err != nil {
-		return config.Config{}, paths{}, err
+		return config.Config{}, config.Runtime{}, err
 	}
-	return cfg, pathsFor(cfg), nil
+	socket := config.SocketOverride(o.Socket)
+	if socket == "" {
+		socket = cfg.AgentSocket()
+	}
+	return cfg, config.RuntimeFiles(socket), nil
 }
 
 func (o Options) deadline(ctx context.Context, def time.Duration) (context.Context, context.CancelFunc) {
@@ -98,12 +79,12 @@ func Open(ctx context.Context, o Options) (Opened, error) {
 	if err != nil {
 		return Opened{}, err
 	}
-	if err := agent.EnsurePrivateDir(p.dir); err != nil {
+	if err := config.EnsurePrivateDir(p.Dir); err != nil {
 		return Opened{}, err
 	}
 	var res Opened
-	c := api.NewClient(p.socket)
-	err = withLock(ctx, p.lock, func() error {
+	c := api.NewClient(p.Socket)
+	err = withLock(ctx, p.SessionLock, func() error {
 		// A busy agent is wiping after the last logout of another session:
 		// wait for it to end, then start a fresh one.
 		for try := 0; ; try++ {
@@ -112,7 +93,7 @@ func Open(ctx context.Context, o Options) (Opened, error) {
 				return err
 			}
 			if ag != nil {
-				res.Started, res.Log = true, p.log
+				res.Started, res.Log = true, p.Log
 			}
 			resp, err := c.Session(ctx, api.SessionRequest{Action: ActionOpen, PID: o.PID})
 			if errors.Is(err, &api.Error{Code: api.CodeBusy}) && try < 3 {
@@ -141,20 +122,20 @@ func Open(ctx context.Context, o Options) (Opened, error) {
 
 // ensureAgent returns the status of the agent answering on the socket,
 // starting one first if none does. ag is the started agent, or nil.
-func ensureAgent(ctx context.Context, o Options, p paths, c *api.Client) (st api.Status, ag *agentProc, err error) {
+func ensureAgent(ctx context.Context, o Options, p config.Runtime, c *api.Client) (st api.Status, ag *agentProc, err error) {
 	st, err = c.Status(ctx)
 	if err == nil {
 		return st, nil, nil
 	}
 	if !errors.Is(err, api.ErrNoAgent) {
-		return st, nil, fmt.Errorf("the agent on %s: %w", p.socket, err)
+		return st, nil, fmt.Errorf("the agent on %s: %w", p.Socket, err)
 	}
 	// An agent this hook started may still be ending (it stops answering
 	// before its mount is gone): starting another now would find the
 	// directory mounted.
-	if pid, ok := livePID(p.pidFile); ok {
+	if pid, ok := livePID(p.PIDFile); ok {
 		if err := waitExit(ctx, pid); err != nil {
-			return st, nil, fmt.Errorf("an agent (pid %d) is still running but does not answer on %s: end it with `kill %d` and log in again", pid, p.socket, pid)
+			return st, nil, fmt.Errorf("an agent (pid %d) is still running but does not answer on %s: end it with `kill %d` and log in again", pid, p.Socket, pid)
 		}
 	}
 	ag, err = startAgent(o, p)
@@ -180,7 +161,7 @@ type agentProc struct {
 // startAgent starts `tokend agent` detached from the login: in its own
 // session, in /, its input /dev/null and its output the log file beside the
 // socket (the log never holds a token).
-func startAgent(o Options, p paths) (*agentProc, error) {
+func startAgent(o Options, p config.Runtime) (*agentProc, error) {
 	exe := o.Agent
 	if exe == "" {
 		var err error
@@ -192,7 +173,10 @@ func startAgent(o Options, p paths) (*agentProc, error) {
 	if o.Config != "" {
 		args = append(args, "--config", o.Config)
 	}
-	logf, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if o.Socket != "" {
+		args = append(args, "--socket", o.Socket)
+	}
+	logf, err := os.OpenFile(p.Log, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("could not create the agent's log: %w", err)
 	}
@@ -209,12 +193,12 @@ func startAgent(o Options, p paths) (*agentProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("could not start the agent: %w", err)
 	}
-	ag := &agentProc{cmd: cmd, log: p.log, exited: make(chan struct{})}
+	ag := &agentProc{cmd: cmd, log: p.Log, exited: make(chan struct{})}
 	go func() {
 		ag.err = cmd.Wait()
 		close(ag.exited)
 	}()
-	if err := writePIDFile(p.pidFile, cmd.Process.Pid); err != nil {
+	if err := writePIDFile(p.PIDFile, cmd.Process.Pid); err != nil {
 		ag.stop()
 		return nil, err
 	}

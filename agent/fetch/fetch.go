@@ -26,21 +26,15 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/secmem"
 )
 
-// Methods.
-const (
-	MethodExec    = "exec"
-	MethodRequest = "request"
-	MethodLocal   = "local"
-)
-
-// Default programs and limits.
+// Default programs and limits. The methods' names and the default timeout
+// are the configuration's (config.MethodExec, config.DefaultFetchTimeout).
 const (
 	DefaultFetchCommand   = "condor_token_fetch"
 	DefaultRequestCommand = "condor_token_request"
-	DefaultTimeout        = 60 * time.Second
 
 	maxOutput  = 64 << 10 // bytes of stdout kept
 	maxStderr  = 8 << 10  // bytes of stderr kept (the end)
@@ -58,7 +52,7 @@ type Options struct {
 	Lifetime time.Duration // 0 = pool decides (no -lifetime flag); passed in whole seconds, rounded up
 	Authz    []string      // each passed as -authz A
 	// Timeout bounds the whole fetch; for request it is how long to wait
-	// for an administrator's approval. 0 means DefaultTimeout.
+	// for an administrator's approval. 0 means config.DefaultFetchTimeout.
 	Timeout time.Duration
 	// -pool, -name, -type, -key when set (request has no -key: New
 	// refuses Key with it).
@@ -106,7 +100,7 @@ func New(o Options) (Fetcher, error) {
 	case o.Timeout < 0:
 		return nil, fmt.Errorf("fetch: negative timeout %s", o.Timeout)
 	case o.Timeout == 0:
-		o.Timeout = DefaultTimeout
+		o.Timeout = config.DefaultFetchTimeout
 	}
 	if err := checkRequest(o.Lifetime, o.Authz); err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
@@ -115,13 +109,13 @@ func New(o Options) (Fetcher, error) {
 		return nil, errors.New("fetch: command has an empty program name")
 	}
 	switch o.Method {
-	case "", MethodExec:
-		o.Method = MethodExec
+	case "", config.MethodExec:
+		o.Method = config.MethodExec
 		if len(o.Command) == 0 {
 			o.Command = []string{DefaultFetchCommand}
 		}
 		return &execFetcher{o: o}, nil
-	case MethodRequest:
+	case config.MethodRequest:
 		if o.Key != "" {
 			return nil, fmt.Errorf("fetch: key %q is not supported by the request method (condor_token_request has no -key)", o.Key)
 		}
@@ -129,7 +123,7 @@ func New(o Options) (Fetcher, error) {
 			o.Command = []string{DefaultRequestCommand}
 		}
 		return &requestFetcher{o: o}, nil
-	case MethodLocal:
+	case config.MethodLocal:
 		return newLocal(o)
 	}
 	return nil, fmt.Errorf("fetch: unknown method %q: want exec, request or local", o.Method)
@@ -163,7 +157,7 @@ func (o *Options) resolve(req Request) (time.Duration, []string, error) {
 // flags returns the HTCondor command-line flags for one fetch.
 func (o *Options) flags(lifetime time.Duration, authz []string) []string {
 	var args []string
-	if o.Method == MethodRequest && o.Identity != "" {
+	if o.Method == config.MethodRequest && o.Identity != "" {
 		args = append(args, "-identity", o.Identity)
 	}
 	if lifetime > 0 {
@@ -226,7 +220,7 @@ func (e *Error) Error() string {
 	if who == "" {
 		who = e.Method + " fetch"
 	}
-	if e.Method == MethodLocal {
+	if e.Method == config.MethodLocal {
 		who = "local issuer"
 	}
 	var b strings.Builder
@@ -234,7 +228,7 @@ func (e *Error) Error() string {
 	case e.Timeout && e.RequestID != "":
 		fmt.Fprintf(&b, "%s: request %s was not approved within %s (an administrator approves it with condor_token_request_approve -reqid %s); fetch again to make a new request, or raise the fetch timeout to wait longer",
 			who, e.RequestID, e.Limit, e.RequestID)
-	case e.Timeout && e.Method == MethodRequest:
+	case e.Timeout && e.Method == config.MethodRequest:
 		fmt.Fprintf(&b, "%s timed out after %s before it enqueued a request: check that the pool is reachable (condor_ping -type schedd READ) or raise the fetch timeout", who, e.Limit)
 	case e.Timeout:
 		fmt.Fprintf(&b, "%s timed out after %s: check that the schedd is running and reachable (condor_ping -type schedd READ) or raise the fetch timeout", who, e.Limit)
@@ -272,7 +266,7 @@ func (e *Error) Unwrap() error { return e.Err }
 // fail builds an Error for o's method and command.
 func (o *Options) fail(err error) *Error {
 	e := &Error{Method: o.Method, Err: err}
-	if len(o.Command) > 0 && o.Method != MethodLocal {
+	if len(o.Command) > 0 && o.Method != config.MethodLocal {
 		e.Command = filepath.Base(o.Command[0])
 	}
 	return e

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
@@ -18,9 +17,9 @@ import (
 func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 	fl := flag.NewFlagSet("tokend agent", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	configFile := fl.String("config", os.Getenv("TOKEND_CONFIG"), "config `file` (default $TOKEND_CONFIG, else /etc/tokend/config.toml and ~/.config/tokend/config.toml)")
+	configFile := fl.String("config", "", "config `file` (default $TOKEND_CONFIG, else /etc/tokend/config.toml and ~/.config/tokend/config.toml)")
 	dir := fl.String("dir", "", "token `directory` (overrides the config)")
-	socket := fl.String("socket", "", "control socket `path` (overrides the config)")
+	socket := fl.String("socket", "", "control socket `path` (default $TOKEND_SOCKET, else the config's socket, else $XDG_RUNTIME_DIR/tokend/agent.sock)")
 	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
 		return exitUsage
 	}
@@ -30,7 +29,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	secmem.SetWarn(func(err error) { log.Warn(err.Error()) })
 
-	cfg, err := config.Load(*configFile)
+	cfg, err := config.Load(config.FileOverride(*configFile))
 	if err != nil {
 		fmt.Fprintf(stderr, "tokend agent: %v\n", err)
 		return exitUsage
@@ -38,8 +37,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 	if *dir != "" {
 		cfg.Dir = *dir
 	}
-	if *socket != "" {
-		cfg.Socket = *socket
+	// The clients look for the agent in the same order.
+	if s := config.SocketOverride(*socket); s != "" {
+		cfg.Socket = s
 	}
 	if err := cfg.Check(); err != nil {
 		fmt.Fprintf(stderr, "tokend agent: %v\n", err)

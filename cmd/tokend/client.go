@@ -15,31 +15,52 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/config"
 )
 
 // clientFlags are shared by every command that talks to the agent.
 type clientFlags struct {
 	*flag.FlagSet
+	name   string
+	stderr io.Writer
 	socket *string
+	config *string
 	json   *bool
 }
 
 func newClientFlags(name string, stderr io.Writer, withJSON bool) clientFlags {
 	fl := flag.NewFlagSet("tokend "+name, flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	cf := clientFlags{FlagSet: fl, socket: fl.String("socket", "", "agent socket `path` (default $TOKEND_SOCKET, else $XDG_RUNTIME_DIR/tokend/agent.sock)")}
+	cf := clientFlags{
+		FlagSet: fl,
+		name:    name,
+		stderr:  stderr,
+		socket:  fl.String("socket", "", "agent socket `path` (default $TOKEND_SOCKET, else the config's socket, else $XDG_RUNTIME_DIR/tokend/agent.sock)"),
+		config:  fl.String("config", "", "config `file` naming the socket (default $TOKEND_CONFIG, else /etc/tokend/config.toml and ~/.config/tokend/config.toml)"),
+	}
 	if withJSON {
 		cf.json = fl.Bool("json", false, "print JSON for scripts")
 	}
 	return cf
 }
 
-func (cf clientFlags) client() *api.Client {
-	s := *cf.socket
-	if s == "" {
-		s = api.DefaultSocket()
+func (cf clientFlags) client() *api.Client { return api.NewClient(cf.socketPath()) }
+
+// socketPath finds the agent as the agent itself does: --socket, else
+// $TOKEND_SOCKET, else the configuration's socket, else the default. A
+// configuration that does not load is reported and the default socket
+// used, so that the CLI still reaches an agent while the file is fixed.
+func (cf clientFlags) socketPath() string {
+	if s := config.SocketOverride(*cf.socket); s != "" {
+		return s
 	}
-	return api.NewClient(s)
+	cfg, err := config.Load(config.FileOverride(*cf.config))
+	if err != nil {
+		def := config.DefaultSocket()
+		fmt.Fprintf(cf.stderr, "tokend %s: the configuration does not load, so the agent is looked for at the default socket %s (fix the file, or give --socket):\n%v\n", cf.name, def, err)
+		return def
+	}
+	return cfg.AgentSocket()
 }
 
 // fail prints err and returns the exit code that goes with it.

@@ -5,21 +5,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/doctor"
 )
 
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("tokend doctor", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	socket := fl.String("socket", "", "agent socket `path`")
-	configFile := fl.String("config", os.Getenv("TOKEND_CONFIG"), "config `file`")
+	socket := fl.String("socket", "", "agent socket `path` (default $TOKEND_SOCKET, else the config's socket, else $XDG_RUNTIME_DIR/tokend/agent.sock)")
+	configFile := fl.String("config", "", "config `file` (default $TOKEND_CONFIG, else /etc/tokend/config.toml and ~/.config/tokend/config.toml)")
 	asJSON := fl.Bool("json", false, "print JSON for scripts")
 	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
 		return exitUsage
 	}
-	checks := doctor.Run(ctx, doctor.Options{ConfigFile: *configFile, Socket: *socket})
+	checks := doctor.Run(ctx, doctor.Options{ConfigFile: config.FileOverride(*configFile), Socket: *socket})
 	if *asJSON {
 		printJSON(stdout, checks)
 	} else {

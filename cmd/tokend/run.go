@@ -31,7 +31,9 @@ Agent and services:
                                                   run the key-verification service (root)
   session  open|close                             PAM session hook (pam_exec); see docs/admin.md
 
-Talking to the agent (--socket PATH, else $TOKEND_SOCKET, else $XDG_RUNTIME_DIR/tokend/agent.sock):
+Talking to the agent (--socket PATH, else $TOKEND_SOCKET, else the config's socket
+(--config FILE, else $TOKEND_CONFIG, else /etc/tokend/config.toml and the user's own),
+else $XDG_RUNTIME_DIR/tokend/agent.sock):
   status   [--json]                               what the agent holds and how it is doing
   list     [--all] [--json]                       tokens (--all: hidden ones too, with why)
   fetch    [--name N] [--lifetime D] [--authz A]...   fetch a fresh token now

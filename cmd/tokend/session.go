@@ -18,11 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/session"
 )
 
-const sessionUsage = `usage: tokend session [open|close] [--config FILE] [--pid PID] [--timeout D]
+const sessionUsage = `usage: tokend session [open|close] [--config FILE] [--socket PATH] [--pid PID] [--timeout D]
 
 The PAM session hook. In /etc/pam.d/<service> (see /usr/share/tokend/pam-session):
 
@@ -39,7 +40,8 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fl := flag.NewFlagSet("tokend session", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, sessionUsage); fl.PrintDefaults() }
-	configFile := fl.String("config", "", "the agent's config `file` (default /etc/tokend/config.toml, then the user's own)")
+	configFile := fl.String("config", "", "the agent's config `file` (default /etc/tokend/config.toml, then the user's own; run by a user: $TOKEND_CONFIG first)")
+	socket := fl.String("socket", "", "the agent's socket `path` (default the config's socket, else $XDG_RUNTIME_DIR/tokend/agent.sock; run by a user: $TOKEND_SOCKET first)")
 	pid := fl.Int("pid", 0, "a process of the login session; the session lasts while it lives (default: the caller)")
 	timeout := fl.Duration("timeout", 0, "give up waiting after this `long` (default 5s for open, 10s for close)")
 	var action string
@@ -87,7 +89,9 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 
 	if os.Geteuid() == 0 {
-		return runSessionHook(ctx, action, *pid, *configFile, *timeout, env, stdout, stderr)
+		// The hook leaves the PAM environment behind when it becomes the
+		// user, $TOKEND_CONFIG and $TOKEND_SOCKET with it.
+		return runSessionHook(ctx, action, session.Options{Config: *configFile, Socket: *socket, PID: *pid, Timeout: *timeout}, env, stdout, stderr)
 	}
 	if pamUser := session.LastEnv(env, "PAM_USER"); pamUser != "" {
 		if u, err := user.Current(); err == nil && u.Username != pamUser {
@@ -95,7 +99,8 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return exitFailure
 		}
 	}
-	o := session.Options{Config: *configFile, PID: *pid, Timeout: *timeout}
+	// The agent Open starts reads the same environment.
+	o := session.Options{Config: config.FileOverride(*configFile), Socket: *socket, PID: *pid, Timeout: *timeout}
 	if action == session.ActionOpen {
 		return sessionOpen(ctx, o, stdout, stderr)
 	}
@@ -104,7 +109,7 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 // runSessionHook is the root side: it becomes PAM_USER for good, then does
 // what the user would.
-func runSessionHook(ctx context.Context, action string, pid int, configFile string, timeout time.Duration, env []string, stdout, stderr io.Writer) int {
+func runSessionHook(ctx context.Context, action string, o session.Options, env []string, stdout, stderr io.Writer) int {
 	// pam_exec sends the hook's output to /dev/null unless the PAM line
 	// says log=FILE, or, with its stdout option, both standard output and
 	// standard error to the user's terminal. There a good login shows
@@ -122,7 +127,7 @@ func runSessionHook(ctx context.Context, action string, pid int, configFile stri
 		defer lw.Flush()
 		stderr = io.MultiWriter(stderr, lw)
 	}
-	code := sessionHook(ctx, action, pid, configFile, timeout, env, stdout, stderr)
+	code := sessionHook(ctx, action, o, env, stdout, stderr)
 	if held != nil && code != exitOK {
 		stdout.Write(held.Bytes())
 	}
@@ -130,7 +135,7 @@ func runSessionHook(ctx context.Context, action string, pid int, configFile stri
 }
 
 // sessionHook becomes the PAM user, then opens or closes their session.
-func sessionHook(ctx context.Context, action string, pid int, configFile string, timeout time.Duration, env []string, stdout, stderr io.Writer) int {
+func sessionHook(ctx context.Context, action string, o session.Options, env []string, stdout, stderr io.Writer) int {
 	name := session.LastEnv(env, "PAM_USER")
 	if _, err := session.Become(name, action, env); err != nil {
 		if errors.Is(err, session.ErrRoot) {
@@ -143,6 +148,7 @@ func sessionHook(ctx context.Context, action string, pid int, configFile string,
 	// From here on this process is the user. Open and Close keep their own
 	// deadlines; this one is for a call that hangs regardless (a home
 	// directory on a dead file server), so that a login never hangs on it.
+	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = map[string]time.Duration{session.ActionOpen: session.DefaultOpenTimeout, session.ActionClose: session.DefaultCloseTimeout}[action]
 	}
@@ -151,7 +157,7 @@ func sessionHook(ctx context.Context, action string, pid int, configFile string,
 		os.Exit(exitFailure)
 	})
 	defer watchdog.Stop()
-	o := session.Options{Config: configFile, PID: pid, Timeout: timeout}
+	o.Timeout = timeout
 	if action == session.ActionOpen {
 		return sessionOpen(ctx, o, stdout, stderr)
 	}
