@@ -123,18 +123,12 @@ func newAgent(o Options) (*Agent, error) {
 }
 
 func (a *Agent) run(ctx context.Context, ready func()) (err error) {
-	ln, lock, err := listen(config.RuntimeFiles(a.socket))
+	rt := config.RuntimeFiles(a.socket)
+	ln, lock, err := listen(rt)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Remove the socket while still holding the lock: a new agent may
-		// take both the moment the lock goes. (The server closes the
-		// listener when it stops; the lock is not part of it.)
-		os.Remove(a.socket)
-		ln.Close()
-		lock.Close()
-	}()
+	defer release(rt, ln, lock)
 
 	if stale, err := fusefs.RecoverStale(a.dir); err != nil {
 		return err
@@ -280,6 +274,16 @@ func listen(rt config.Runtime) (net.Listener, *os.File, error) {
 		return nil, nil, err
 	}
 	return ln, lock, nil
+}
+
+// release undoes listen when the agent ends. The socket goes while the
+// lock is still held: a new agent may take both the moment the lock goes.
+// (The server has closed the listener already when it stopped; the lock is
+// not part of it.)
+func release(rt config.Runtime, ln net.Listener, lock *os.File) {
+	os.Remove(rt.Socket)
+	ln.Close()
+	lock.Close()
 }
 
 // shutdownGrace bounds how long the agent waits, when it ends, for the
