@@ -38,6 +38,7 @@ type env struct {
 	keys        string
 	dir, sock   string
 	config      string
+	agentEnv    []string // more environment for the agent
 	agent       *exec.Cmd
 	done        chan error
 	log         *syncbuf.Buffer
@@ -138,6 +139,7 @@ func (e *env) launch() {
 	e.t.Helper()
 	e.log = &syncbuf.Buffer{}
 	e.agent = testenv.Command(e.u, e.bin, "agent", "--config", e.config)
+	e.agent.Env = append(e.agent.Env, e.agentEnv...)
 	e.agent.Stdout, e.agent.Stderr = e.log, e.log
 	if err := e.agent.Start(); err != nil {
 		e.t.Fatal(err)
@@ -178,8 +180,14 @@ func (e *env) cli(args ...string) (stdout, stderr string, code int) {
 
 func (e *env) runAs(u testenv.User, stdin, bin string, args ...string) (string, string, int) {
 	e.t.Helper()
+	return e.runAsEnv(u, []string{"TOKEND_SOCKET=" + e.sock}, stdin, bin, args...)
+}
+
+// runAsEnv runs bin as u with env added to the test environment.
+func (e *env) runAsEnv(u testenv.User, env []string, stdin, bin string, args ...string) (string, string, int) {
+	e.t.Helper()
 	cmd := testenv.Command(u, bin, args...)
-	cmd.Env = append(cmd.Env, "TOKEND_SOCKET="+e.sock)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
