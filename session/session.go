@@ -27,12 +27,14 @@
 //
 //	/run/user/UID/                  created 0700 for the user by the hook when logind did not
 //	/run/user/UID/tokend/agent.sock the agent's control socket (directory 0700, socket 0600)
+//	/run/user/UID/tokend/agent.sock.lock  held by the agent while it runs
 //	/run/user/UID/tokend/agent.log  the agent's log (no token is ever logged)
 //	/run/user/UID/tokend/agent.pid  the agent Open started: "PID STARTTIME"
 //	/run/user/UID/tokend/session.lock
 //
-// With socket = "..." in the configuration, the files beside the socket move
-// with it.
+// With socket = "..." in the configuration (or --socket, or $TOKEND_SOCKET
+// when a user runs it), the files beside the socket move with it
+// (config.RuntimeFiles).
 //
 // # Measuring
 //
