@@ -96,6 +96,9 @@ const (
 	DefaultVerifyd = "/run/tokend/verify.sock"
 	// DefaultFetchTimeout bounds one fetch (fetch.timeout).
 	DefaultFetchTimeout = 60 * time.Second
+	// The programs fetch.command = [] stands for, by method.
+	DefaultFetchCommand   = "condor_token_fetch"   // exec
+	DefaultRequestCommand = "condor_token_request" // request
 )
 
 // Default returns the built-in configuration. Every call returns fresh

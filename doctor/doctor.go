@@ -207,9 +207,9 @@ func condorTools(cfg config.Config) Check {
 	case config.MethodLocal:
 		return Check{"HTCondor tools", OK, "not needed: fetch.method = local", ""}
 	case config.MethodRequest:
-		need = "condor_token_request"
+		need = config.DefaultRequestCommand
 	default:
-		need = "condor_token_fetch"
+		need = config.DefaultFetchCommand
 	}
 	if len(cfg.Fetch.Command) > 0 {
 		need = cfg.Fetch.Command[0]

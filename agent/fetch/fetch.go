@@ -30,12 +30,10 @@ import (
 	"github.com/tokend/tokend/secmem"
 )
 
-// Default programs and limits. The methods' names and the default timeout
-// are the configuration's (config.MethodExec, config.DefaultFetchTimeout).
+// Limits. The methods' names, default programs and timeout are the
+// configuration's (config.MethodExec, config.DefaultFetchCommand,
+// config.DefaultFetchTimeout).
 const (
-	DefaultFetchCommand   = "condor_token_fetch"
-	DefaultRequestCommand = "condor_token_request"
-
 	maxOutput  = 64 << 10 // bytes of stdout kept
 	maxStderr  = 8 << 10  // bytes of stderr kept (the end)
 	maxMessage = 1 << 10  // bytes of stderr put into an Error
@@ -112,7 +110,7 @@ func New(o Options) (Fetcher, error) {
 	case "", config.MethodExec:
 		o.Method = config.MethodExec
 		if len(o.Command) == 0 {
-			o.Command = []string{DefaultFetchCommand}
+			o.Command = []string{config.DefaultFetchCommand}
 		}
 		return &execFetcher{o: o}, nil
 	case config.MethodRequest:
@@ -120,7 +118,7 @@ func New(o Options) (Fetcher, error) {
 			return nil, fmt.Errorf("fetch: key %q is not supported by the request method (condor_token_request has no -key)", o.Key)
 		}
 		if len(o.Command) == 0 {
-			o.Command = []string{DefaultRequestCommand}
+			o.Command = []string{config.DefaultRequestCommand}
 		}
 		return &requestFetcher{o: o}, nil
 	case config.MethodLocal:
