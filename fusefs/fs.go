@@ -12,6 +12,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/store"
 	"github.com/tokend/tokend/token"
 )
@@ -183,15 +184,15 @@ func (fs *FS) Unmount() error {
 	var err error
 	select {
 	case <-fs.gone:
-		if Mounted(fs.dir) {
-			err = detach(fs.dir)
+		if mounttab.Mounted(fs.dir) {
+			err = mounttab.Detach(fs.dir)
 		}
 	default:
 		fs.notes.flush(fs.server)
 		if err = fs.server.Unmount(); err == nil {
 			fs.server.Wait()
 		} else {
-			err = detach(fs.dir)
+			err = mounttab.Detach(fs.dir)
 		}
 	}
 	fs.notes.stop(true)

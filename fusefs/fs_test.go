@@ -471,21 +471,3 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("the audit line does not name the file and the opener:\n%s", log)
 	}
 }
-
-// A mount reached through a symlinked parent (a symlinked /home) is found.
-func TestMountedThroughSymlink(t *testing.T) {
-	f := mount(t, store.Limits{})
-	link := filepath.Join(t.TempDir(), "home")
-	if err := os.Symlink(filepath.Dir(f.dir), link); err != nil {
-		t.Fatal(err)
-	}
-	through := filepath.Join(link, filepath.Base(f.dir))
-	for _, p := range []string{f.dir, f.dir + "/", through, through + "/"} {
-		if !Mounted(p) {
-			t.Errorf("Mounted(%q) = false", p)
-		}
-	}
-	if Mounted(filepath.Dir(f.dir)) {
-		t.Error("the parent of the mount counts as mounted")
-	}
-}
