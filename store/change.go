@@ -95,9 +95,7 @@ func (s *Store) dropLocked(f *file) {
 // own copy. check, if not nil, is asked about every token before it is shown
 // (the quick local checks); a token it rejects is hidden at once.
 //
-// An existing file is replaced by a new one (a new inode), as a careful
-// writer replaces a file by renaming over it: a reader half way through the
-// old file keeps reading the old file, never a mix of the two.
+// An existing file is replaced by a new inode (see the package doc).
 func (s *Store) Put(name string, content []byte, check func(*token.Token) token.Reason) (Attr, error) {
 	if err := s.CheckName(name); err != nil {
 		return Attr{}, err
@@ -132,8 +130,8 @@ func (s *Store) Put(name string, content []byte, check func(*token.Token) token.
 }
 
 // Replace sets the content of file ino (the filesystem's write path),
-// keeping its name and inode. The file may be one that is not shown: its
-// writer is still writing.
+// keeping its name and inode: the one change made in place (see the package
+// doc). The file may be one that is not shown: its writer is still writing.
 func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) token.Reason) (Attr, error) {
 	parsed, err := s.parse(content, check)
 	if err != nil {
@@ -232,7 +230,7 @@ func (s *Store) parse(content []byte, check func(*token.Token) token.Reason) (*p
 }
 
 // setLocked installs parsed content into f, then hides what the quick check
-// rejected.
+// rejected: in place, as no reader has seen that content yet.
 func (s *Store) setLocked(f *file, p *parsed) {
 	f.wipe()
 	f.emptied = false

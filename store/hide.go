@@ -11,30 +11,51 @@ import (
 const maxHidden = 8
 
 // Hide hides the token with the given id for reason r. It reports whether
-// the token was still shown.
+// the token was still shown. What is left of its file becomes a new inode
+// and the old one is gone (see the package doc). A file left with no token
+// is no longer shown; it keeps its inode, which only its writer, if it has
+// one, may still use.
 func (s *Store) Hide(id uint64, r token.Reason) bool {
 	s.mu.Lock()
-	for _, f := range s.byName {
-		for i, t := range f.tokens {
-			if t.id != id {
-				continue
-			}
-			s.hideLocked(f, i, r)
-			name, ino, vis := f.name, f.ino, f.visible()
-			s.mu.Unlock()
-			if vis {
-				s.notify([]Change{{Kind: Modified, Name: name, Ino: ino}})
-			} else {
-				s.notify([]Change{{Kind: Removed, Name: name, Ino: ino}})
-			}
-			return true
-		}
+	f, i := s.tokenLocked(id)
+	if f == nil {
+		s.mu.Unlock()
+		return false
+	}
+	old := f.ino
+	s.hideLocked(f, i, r)
+	changes := []Change{{Kind: Removed, Name: f.name, Ino: old}}
+	if f.visible() {
+		s.renumberLocked(f)
+		changes = append(changes, Change{Kind: Added, Name: f.name, Ino: f.ino})
 	}
 	s.mu.Unlock()
-	return false
+	s.notify(changes)
+	return true
 }
 
-// hideLocked cuts token i out of f's content, zeroing its bytes.
+// tokenLocked finds the shown token id: its file and position.
+func (s *Store) tokenLocked(id uint64) (*file, int) {
+	for _, f := range s.byName {
+		for i, t := range f.tokens {
+			if t.id == id {
+				return f, i
+			}
+		}
+	}
+	return nil, 0
+}
+
+// renumberLocked gives f a new inode number and forgets the old one.
+func (s *Store) renumberLocked(f *file) {
+	delete(s.byIno, f.ino)
+	s.lastIno++
+	f.ino = s.lastIno
+	s.byIno[f.ino] = f
+}
+
+// hideLocked cuts token i out of f's content into a new, smaller buffer,
+// zeroing the old one.
 func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 	t := f.tokens[i]
 	s.remember(f, t, r)

@@ -10,7 +10,30 @@
 // The store knows nothing of FUSE, sockets or key files. Whoever shows its
 // content registers a listener with OnChange and is told, after the store's
 // lock is released, which names appeared, changed or disappeared.
-
+//
+// # A reader never sees half of a file
+//
+// The kernel caches pages and attributes per inode, and a reader that has a
+// file open goes on reading the inode it opened (HTCondor's read_secure_file:
+// open, fstat, read st_size bytes, fstat again and compare the mtime). Were
+// an inode edited in place, the reader could take the start of one version
+// from cached pages and the rest of another from the store, and neither the
+// size nor a whole-second mtime need show it. So no change the agent makes
+// edits an inode: each gives the name a new inode, as a rename over the file
+// would, and drops the old one. A reader gets the old content whole, the new
+// content whole, or an error (ENOENT), never a mix.
+//   - Put (fetch, refresh, a legacy import) reports Replaced: a reader half
+//     way through the old inode may finish it from the kernel's cache (its
+//     tokens are still good).
+//   - Hide (expiry, key rotation, revocation) reports Removed for the old
+//     inode, then Added for the new one if tokens are left: the hidden token
+//     must not be read again, so the old inode's pages go at once and its
+//     readers get ENOENT.
+//
+// A writer half way through such a file loses it (ENOENT), as after a
+// rename over it. The one edit in place is Replace, a writer's own commit
+// through the mount, to the inode that writer holds; fusefs/doc.go
+// ("Writes") says what a reader racing it may see.
 package store
 
 import (
@@ -48,9 +71,9 @@ var DefaultLimits = Limits{MaxFiles: 64, MaxFileSize: 64 << 10, MaxNameLen: 255}
 type ChangeKind int
 
 const (
-	Added    ChangeKind = iota // the name became visible
-	Modified                   // a visible file's content changed (same inode)
-	Removed                    // the name is no longer visible
+	Added    ChangeKind = iota // the name became visible, as inode Ino
+	Modified                   // inode Ino's content changed in place: only a writer's commit (Replace)
+	Removed                    // the name no longer shows inode Ino; an Added may follow with a new one (Hide)
 	Replaced                   // the name now has a new inode (Put): like a rename over it
 )
 
