@@ -118,6 +118,20 @@ func (s *Store) Exists(ino uint64) (string, bool) {
 	return f.name, true
 }
 
+// Missing returns those of inos that no file has, shown or not: one look
+// under the lock for many inodes.
+func (s *Store) Missing(inos []uint64) []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []uint64
+	for _, ino := range inos {
+		if s.byIno[ino] == nil {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
+
 // Info is the metadata of one token, visible or hidden. It never holds the
 // token itself.
 type Info struct {
