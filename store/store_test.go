@@ -425,3 +425,15 @@ func TestReadersNeverSeeAMix(t *testing.T) {
 		t.Fatalf("the race was not run: %d whole reads, %d ended by a change", whole.Load(), failed.Load())
 	}
 }
+
+func TestMissing(t *testing.T) {
+	s := New(Limits{})
+	a, _ := s.Put("a", lines(tok(t, "a@x", time.Hour)), nil)
+	b, _ := s.Put("b", lines(tok(t, "b@x", time.Hour)), nil)
+	hidden, _ := s.Put("h", lines(tok(t, "h@x", time.Hour)), func(*token.Token) token.Reason { return token.Expired })
+	s.Remove("b")
+	got := s.Missing([]uint64{a.Ino, b.Ino, hidden.Ino, 999})
+	if want := []uint64{b.Ino, 999}; !slices.Equal(got, want) {
+		t.Fatalf("Missing = %v, want %v (a file not shown is not missing)", got, want)
+	}
+}
