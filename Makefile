@@ -12,8 +12,9 @@ FUZZTIME ?= 10s
 
 # `make install`: the binary (built first with `make build`), the units, the
 # PAM snippet, the default /etc/tokend/config.toml (kept if present), the man
-# page, bash completion and the docs. DESTDIR stages; PREFIX=/usr for a
-# system package. Units and the PAM snippet name $(BINDIR)/tokend.
+# page, bash completion, the docs and the license. DESTDIR stages;
+# PREFIX=/usr for a system package. Units and the PAM snippet name
+# $(BINDIR)/tokend.
 PREFIX      ?= /usr/local
 BINDIR      ?= $(PREFIX)/bin
 DATADIR     ?= $(PREFIX)/share
@@ -78,7 +79,7 @@ install:
 	gzip -9n < packaging/tokend.1 > $(DESTDIR)$(MANDIR)/man1/tokend.1.gz
 	chmod 0644 $(DESTDIR)$(MANDIR)/man1/tokend.1.gz
 	$(INSTALL) -m 0644 packaging/completion/tokend.bash $(DESTDIR)$(BASHCOMPDIR)/tokend
-	$(INSTALL) -m 0644 README.md docs/admin.md docs/user.md $(DESTDIR)$(DOCDIR)/
+	$(INSTALL) -m 0644 README.md LICENSE docs/admin.md docs/user.md $(DESTDIR)$(DOCDIR)/
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/tokend/config.toml ]; then \
 	  echo "kept $(DESTDIR)$(SYSCONFDIR)/tokend/config.toml (the defaults are in packaging/config.toml)"; \
 	else \

@@ -21,6 +21,7 @@ import (
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
 )
@@ -130,19 +131,19 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	}
 	defer release(rt, ln, lock)
 
-	if stale, err := fusefs.RecoverStale(a.dir); err != nil {
+	if stale, err := mounttab.RecoverStale(a.dir); err != nil {
 		return err
 	} else if stale {
 		a.log.Warn("detached a dead mount left by an agent that did not exit cleanly", "dir", a.dir)
 	}
-	if fusefs.Mounted(a.dir) {
+	if mounttab.Mounted(a.dir) {
 		return fmt.Errorf("%s is already mounted by a running tokend: `tokend status` shows it", a.dir)
 	}
 	if err := ensureDir(a.dir); err != nil {
 		return err
 	}
 	// The kernel names the mount by its real path; so do we from here on.
-	a.dir = fusefs.Canonical(a.dir)
+	a.dir = mounttab.Canonical(a.dir)
 	under, moved := a.importLegacy()
 
 	a.fs, err = fusefs.Mount(a.dir, a.store, fusefs.Options{

@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"
 )
@@ -77,7 +77,7 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	if err := d.waitFor(10*time.Second, "the agent to mount and answer", func() bool {
-		return fusefs.Mounted(d.dir) && d.sessionShown()
+		return mounttab.Mounted(d.dir) && d.sessionShown()
 	}); err != nil {
 		return err
 	}
@@ -328,7 +328,7 @@ func (d *demo) sign(authz ...string) ([]byte, error) {
 // tokens seen during the demo in any file of the workspace.
 func (d *demo) checkNothingLeft() error {
 	var problems []string
-	if fusefs.Mounted(d.dir) {
+	if mounttab.Mounted(d.dir) {
 		problems = append(problems, "the directory is still mounted")
 	}
 	if _, err := os.Stat(d.sock); err == nil {
@@ -352,7 +352,7 @@ func (d *demo) checkNothingLeft() error {
 		return nil
 	})
 	d.say("   mount gone: %v; socket gone: %v; files under %s holding any of the %d tokens seen (agent log included): %d",
-		!fusefs.Mounted(d.dir), !exists(d.sock), d.work, len(d.seen), found)
+		!mounttab.Mounted(d.dir), !exists(d.sock), d.work, len(d.seen), found)
 	for _, t := range d.seen {
 		clear(t)
 	}
@@ -378,7 +378,7 @@ func (d *demo) cleanup() {
 		d.stopVerifyd()
 	}
 	if d.work != "" {
-		if _, err := fusefs.RecoverStale(d.dir); err == nil {
+		if _, err := mounttab.RecoverStale(d.dir); err == nil {
 			os.RemoveAll(d.work)
 		}
 	}

@@ -17,8 +17,8 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"
 )
@@ -158,10 +158,10 @@ func mount(dir string, st *api.Status) Check {
 	if _, err := os.Stat(dir); errors.Is(err, unix.ENOTCONN) {
 		return Check{"mount", Fail, dir + " holds a dead mount (an agent was killed)", "restart the agent (it recovers the mount), or fusermount3 -u -z " + dir}
 	}
-	if fusefs.Mounted(dir) {
+	if mounttab.Mounted(dir) {
 		return Check{"mount", OK, dir + " is served by tokend", ""}
 	}
-	if st != nil && fusefs.Canonical(st.Dir) != fusefs.Canonical(dir) {
+	if st != nil && mounttab.Canonical(st.Dir) != mounttab.Canonical(dir) {
 		return Check{"mount", Fail, fmt.Sprintf("the agent serves %s but the tools read %s", st.Dir, dir), "make dir in the config agree with SEC_TOKEN_DIRECTORY"}
 	}
 	c := Check{"mount", Fail, dir + " is not mounted: the tools read plain files on disk", "start the agent"}
@@ -225,7 +225,7 @@ func condorDir(dir string) Check {
 	if v == "" {
 		return Check{"SEC_TOKEN_DIRECTORY", OK, "not set: the tools use <home>/.condor/tokens.d", ""}
 	}
-	if fusefs.Canonical(v) != fusefs.Canonical(dir) {
+	if mounttab.Canonical(v) != mounttab.Canonical(dir) {
 		return Check{"SEC_TOKEN_DIRECTORY", Fail, fmt.Sprintf("HTCondor reads %s, tokend serves %s", v, dir), "remove dir from the tokend config (it follows SEC_TOKEN_DIRECTORY) or make them agree"}
 	}
 	return Check{"SEC_TOKEN_DIRECTORY", OK, v, ""}

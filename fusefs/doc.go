@@ -41,7 +41,8 @@
 //     keep seeing the previous content.
 //
 // The draft outlives each commit, so the writer's next write lands where the
-// writer thinks it does even if hiding changed the committed content.
+// writer thinks it does even if the quick check hid one of its tokens at the
+// commit.
 //
 // Readers and writers share the kernel's page cache, which the kernel fills
 // with a writer's bytes before WRITE reaches us. So a truncation (the start
@@ -50,13 +51,17 @@
 // until the rewrite is committed, never half of one), and every write moves
 // the mtime on by at least a second (HTCondor's "modified during reading"
 // check compares whole seconds). An append racing a reader within one round
-// trip can still be read half written, as on any filesystem; the agent's own
-// changes never can: the store replaces a file by a new inode (store.Put),
-// as a rename over it would. It is
-// dropped after Options.DraftTimeout without writes (with a log line if its
-// last state was never committed), when a writer closes a file it created
-// (the kernel says so only until OPEN first answered ENOSYS), or when the
-// file is removed.
+// trip can still be read half written, as on any filesystem. The agent's own
+// changes never can: they give the name a new inode and never edit one a
+// reader holds (the store's package doc, "A reader never sees half of a
+// file", states the rule; the notifier drops a hidden token's old inode at
+// once and lets a refreshed one's pages linger a moment).
+//
+// A draft is dropped after Options.DraftTimeout without writes (with a log
+// line if its last state was never committed), when a writer closes a file
+// it created (the kernel says so only until OPEN first answered ENOSYS), or
+// when its inode is gone (removed, renamed over, or replaced by the agent's
+// refresh or hiding).
 //
 // # Locking
 //

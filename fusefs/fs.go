@@ -12,6 +12,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/store"
 	"github.com/tokend/tokend/token"
 )
@@ -65,8 +66,7 @@ type FS struct {
 
 	mu      sync.Mutex        // guards the fields below
 	drafts  map[uint64]*draft // inode -> write in progress
-	created map[uint64]uint64 // file handle from CREATE -> inode
-	lastFh  uint64
+	created map[uint64]bool   // inodes made by CREATE, whose handle (the inode number) is open
 }
 
 const rootIno = fuse.FUSE_ROOT_ID
@@ -91,7 +91,7 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		dir:           dir,
 		gone:          make(chan struct{}),
 		drafts:        make(map[uint64]*draft),
-		created:       make(map[uint64]uint64),
+		created:       make(map[uint64]bool),
 	}
 	fs.dirMtime.Store(time.Now().UnixNano())
 	fs.notes = newNotifier(fs.log, fs.forgetDraft)
@@ -183,15 +183,15 @@ func (fs *FS) Unmount() error {
 	var err error
 	select {
 	case <-fs.gone:
-		if Mounted(fs.dir) {
-			err = detach(fs.dir)
+		if mounttab.Mounted(fs.dir) {
+			err = mounttab.Detach(fs.dir)
 		}
 	default:
 		fs.notes.flush(fs.server)
 		if err = fs.server.Unmount(); err == nil {
 			fs.server.Wait()
 		} else {
-			err = detach(fs.dir)
+			err = mounttab.Detach(fs.dir)
 		}
 	}
 	fs.notes.stop(true)
@@ -205,9 +205,9 @@ func (fs *FS) allowed(c *fuse.Caller) bool {
 	return c.Uid == fs.opt.UID || (fs.opt.AllowRoot && c.Uid == 0)
 }
 
-// forgetDraft drops the draft of a file the store no longer has (removed by
-// the agent: `tokend rm`, a wipe). A file that is only hidden keeps its
-// writer's draft.
+// forgetDraft drops the draft and the create handle of a file the store no
+// longer has (removed or replaced by the agent: `tokend rm`, a wipe, a
+// refresh, a hide). A file that is only no longer shown keeps its writer's.
 func (fs *FS) forgetDraft(ino uint64) {
 	if _, ok := fs.store.Exists(ino); ok {
 		return
@@ -218,6 +218,7 @@ func (fs *FS) forgetDraft(ino uint64) {
 		d.drop()
 		delete(fs.drafts, ino)
 	}
+	delete(fs.created, ino)
 }
 
 // onChange runs in whichever goroutine changed the store, possibly with

@@ -1,6 +1,8 @@
 package fusefs
 
 import (
+	"maps"
+	"slices"
 	"syscall"
 	"time"
 
@@ -12,9 +14,10 @@ import (
 
 // draft is one inode's content as its writer sees it. It outlives each
 // commit: the writer's next write lands at offsets in its own view, not in
-// the committed content (which hiding may have changed). It is dropped
-// after DraftTimeout without writes, at a write that makes it bad, when the
-// file is unlinked, renamed over or removed by the agent, and at unmount.
+// the committed content (the quick check may have cut a token out of it).
+// It is dropped after DraftTimeout without writes, at a write that makes it
+// bad, when its inode is gone (unlinked, renamed over, replaced or removed
+// by the agent), and at unmount.
 type draft struct {
 	buf       *secmem.Buffer // capacity; the draft is buf.Bytes()[:n]
 	n         int
@@ -141,8 +144,8 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 	off := int64(in.Offset)
 	if in.Flags&syscall.O_APPEND != 0 {
 		// The kernel puts an append at its cached size, which a truncation
-		// (answered with the committed size), a hide or a refresh may have
-		// made stale: append at the end of the content the writer sees.
+		// (answered with the committed size) may have made stale: append
+		// at the end of the content the writer sees.
 		off = int64(d.n)
 	}
 	end := off + int64(len(data))
@@ -194,18 +197,20 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	}
 	fs.entryOut(a, &out.EntryOut)
 	fs.mu.Lock()
+	fs.created[a.Ino] = true
 	// Once the kernel has learned that OPEN is not implemented it no longer
-	// sends RELEASE for created files either: forget the handles of files
-	// that are gone, or the map would grow with every file ever created.
-	for fh, ino := range fs.created {
-		if _, ok := fs.store.Exists(ino); !ok {
-			delete(fs.created, fh)
+	// sends RELEASE for created files either. Handles go with their file
+	// (unlink, rename over, the agent's changes), except a file the store
+	// dropped unseen (no longer shown, then evicted or replaced): when there
+	// are more handles than files, forget those in one look at the store.
+	if len(fs.created) > fs.store.Limits().MaxFiles {
+		for _, ino := range fs.store.Missing(slices.Collect(maps.Keys(fs.created))) {
+			delete(fs.created, ino)
 		}
 	}
-	fs.lastFh++
-	fs.created[fs.lastFh] = a.Ino
-	out.Fh = fs.lastFh
 	fs.mu.Unlock()
+	// Inode numbers are never reused: the inode is the handle.
+	out.Fh = a.Ino
 	// The creator's writes skip the page cache: until they are committed
 	// they are not the file's content.
 	out.OpenFlags = fuse.FOPEN_DIRECT_IO
@@ -235,11 +240,11 @@ func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *
 func (fs *FS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	ino, ok := fs.created[in.Fh]
-	if !ok {
-		return
+	ino := in.Fh
+	if !fs.created[ino] {
+		return // an OPEN's handle (audit mode), or a file already gone
 	}
-	delete(fs.created, in.Fh)
+	delete(fs.created, ino)
 	name, _ := fs.store.Exists(ino)
 	fs.endDraftLocked(ino, name)
 }
@@ -257,6 +262,7 @@ func (fs *FS) Unlink(cancel <-chan struct{}, h *fuse.InHeader, name string) fuse
 	if fs.drafts[a.Ino] != nil {
 		fs.dropDraftLocked(a.Ino)
 	}
+	delete(fs.created, a.Ino)
 	fs.mu.Unlock()
 	return errno(fs.store.Remove(name))
 }

@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/mounttab"
 )
 
 // Closed says what Close did.
@@ -68,7 +68,7 @@ func Close(ctx context.Context, o Options) (Closed, error) {
 		}
 	}
 	// The agent unmounts before it exits; without a pidfd, poll the mount.
-	for wait := pollMin; fusefs.Mounted(st.Dir); wait = min(2*wait, pollMax) {
+	for wait := pollMin; mounttab.Mounted(st.Dir); wait = min(2*wait, pollMax) {
 		if pidfd >= 0 || pause(ctx, wait) != nil {
 			return res, fmt.Errorf("the agent ended but %s is still mounted: fusermount3 -u -z %s", st.Dir, st.Dir)
 		}

@@ -364,6 +364,16 @@ func (h *harness) step(in *input) {
 		m.visible = len(m.tokens) > 0
 		h.clock++
 		m.seq = h.clock
+		// What is left is a new inode; a file left with no token keeps
+		// its own.
+		if m.visible {
+			a, ok := h.s.Lookup(info.Name)
+			if !ok || a.Ino <= h.maxIno {
+				t.Fatalf("after Hide(%d) %q has inode %d (shown %v), want a new one above %d", info.ID, info.Name, a.Ino, ok, h.maxIno)
+			}
+			h.gone[m.ino] = true
+			m.ino, h.maxIno = a.Ino, a.Ino
+		}
 		// A token hidden again for the same reason is listed once.
 		if !slices.ContainsFunc(h.s.Infos(), func(i Info) bool {
 			return i.Name == info.Name && i.Token == info.Token && i.Hidden && i.Reason == r

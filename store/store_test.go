@@ -3,9 +3,12 @@ package store
 import (
 	"bytes"
 	"errors"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,18 +127,30 @@ func TestHideCutsLineAndKeepsWhy(t *testing.T) {
 	if got := content(t, s, "f"); got != "# keep me\n"+string(b)+"\n" {
 		t.Fatalf("after hiding the first token: %q", got)
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Modified, Name: "f", Ino: attr.Ino}}) {
-		t.Fatalf("events: %v", got)
+	// What is left is a new inode; the old one is gone at once.
+	attr2, _ := s.Lookup("f")
+	if attr2.Ino <= attr.Ino {
+		t.Fatalf("after a hide the file has inode %d, want a new one above %d", attr2.Ino, attr.Ino)
+	}
+	if _, ok := s.Exists(attr.Ino); ok {
+		t.Fatalf("the inode %d the hidden token was in still exists", attr.Ino)
+	}
+	if got, want := rec.take(), []Change{{Kind: Removed, Name: "f", Ino: attr.Ino}, {Kind: Added, Name: "f", Ino: attr2.Ino}}; !slices.Equal(got, want) {
+		t.Fatalf("events: %v, want %v", got, want)
 	}
 	if s.Hide(infos[0].ID, token.RotatedKey) {
 		t.Fatal("hid a token twice")
 	}
-	// Hiding the last token hides the file.
+	// Hiding the last token hides the file, which keeps its inode for a
+	// writer it may have.
 	s.Hide(infos[1].ID, token.Expired)
 	if _, ok := s.Lookup("f"); ok {
 		t.Fatal("a file with every token hidden is still visible")
 	}
-	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Removed, Name: "f", Ino: attr.Ino}}) {
+	if _, ok := s.Exists(attr2.Ino); !ok {
+		t.Fatal("a file with every token hidden lost its inode")
+	}
+	if got := rec.take(); !slices.Equal(got, []Change{{Kind: Removed, Name: "f", Ino: attr2.Ino}}) {
 		t.Fatalf("events: %v", got)
 	}
 	infos = s.Infos()
@@ -272,5 +287,153 @@ func TestInfoNeverHoldsTheToken(t *testing.T) {
 		if strings.Contains(strings.Join([]string{in.Name, in.Token.Sub, in.Token.Iss, in.Token.Jti, in.Token.Kid}, " "), string(a[strings.LastIndexByte(string(a), '.')+1:])) {
 			t.Fatal("info holds the signature")
 		}
+	}
+}
+
+// A reader that has a file open reads one inode, page by page (ReadAt).
+// Neither Put nor Hide may change what that inode holds: the reader gets the
+// rest of what it started, or an error, never the start of one version and
+// the end of another (see the package doc).
+func TestChangesNeverEditAnOpenInode(t *testing.T) {
+	a, b, c := tok(t, "a@x", time.Hour), tok(t, "b@x", time.Hour), tok(t, "c@x", time.Hour)
+	for _, change := range []struct {
+		what string
+		do   func(*Store)
+	}{
+		{"Put", func(s *Store) { s.Put("f", lines(c), nil) }},
+		{"Hide", func(s *Store) { s.Hide(s.Infos()[0].ID, token.Expired) }},
+	} {
+		s := New(Limits{})
+		before := lines(a, b)
+		attr, err := s.Put("f", before, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := make([]byte, len(a)/2)
+		if n, err := s.ReadAt(attr.Ino, start, 0); err != nil || n != len(start) {
+			t.Fatalf("%s: first read: %d bytes, %v", change.what, n, err)
+		}
+		change.do(s)
+		rest := make([]byte, len(before))
+		if n, err := s.ReadAt(attr.Ino, rest, int64(len(start))); err == nil {
+			t.Errorf("%s: the reader of inode %d read on after the change (%q), want ErrNotFound", change.what, attr.Ino, rest[:n])
+		}
+		if _, _, ok := s.Stat(attr.Ino); ok {
+			t.Errorf("%s: inode %d can still be stat'ed after the change", change.what, attr.Ino)
+		}
+		if now, ok := s.Lookup("f"); !ok || now.Ino == attr.Ino {
+			t.Errorf("%s: the name has inode %d (shown %v), want a new one", change.what, now.Ino, ok)
+		}
+	}
+}
+
+// Readers race Puts and Hides: whatever a reader reads whole from one inode
+// is what that inode held when the reader started.
+func TestReadersNeverSeeAMix(t *testing.T) {
+	s := New(Limits{})
+	var pool [][]byte
+	for i := range 8 {
+		pool = append(pool, tok(t, strings.Repeat("u", 1+5*i)+"@x", time.Hour))
+	}
+	var (
+		mu    sync.Mutex
+		first = map[uint64]string{} // inode -> the content it was given
+		done  = make(chan struct{})
+		wg    sync.WaitGroup
+	)
+	record := func(name string) {
+		a, ok := s.Lookup(name)
+		if !ok {
+			return
+		}
+		b, err := s.Content(a.Ino)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		mu.Lock()
+		if _, seen := first[a.Ino]; !seen {
+			first[a.Ino] = string(b.Bytes())
+		}
+		mu.Unlock()
+		b.Wipe()
+	}
+	wg.Go(func() { // the agent: refreshes and hides
+		defer close(done)
+		for i := range 3000 {
+			name := []string{"f", "g"}[i%2]
+			if i%3 == 0 {
+				for _, in := range s.Infos() {
+					if in.Name == name && !in.Hidden {
+						s.Hide(in.ID, token.Expired)
+						break
+					}
+				}
+			} else {
+				n := 1 + i%4
+				s.Put(name, lines(slices.Repeat([][]byte{pool[i%len(pool)]}, n)...), nil)
+			}
+			record(name)
+		}
+	})
+	var whole, failed atomic.Int64
+	for range 3 {
+		wg.Go(func() { // a tool reading page by page
+			buf := make([]byte, 4096)
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				name := []string{"f", "g"}[rand.IntN(2)]
+				a, ok := s.Lookup(name)
+				mu.Lock()
+				want, known := first[a.Ino]
+				mu.Unlock()
+				if !ok || !known {
+					continue
+				}
+				var got []byte
+				for {
+					n, err := s.ReadAt(a.Ino, buf[:7], int64(len(got)))
+					if err != nil {
+						failed.Add(1)
+						got = nil
+						break
+					}
+					if n == 0 {
+						break
+					}
+					got = append(got, buf[:n]...)
+					runtime.Gosched()
+				}
+				if got == nil {
+					continue
+				}
+				whole.Add(1)
+				if string(got) != want {
+					t.Errorf("inode %d read whole as %d bytes that are not the %d bytes it was given: it was edited in place", a.Ino, len(got), len(want))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d whole reads, %d ended by a change", whole.Load(), failed.Load())
+	if whole.Load() < 100 || failed.Load() == 0 {
+		t.Fatalf("the race was not run: %d whole reads, %d ended by a change", whole.Load(), failed.Load())
+	}
+}
+
+func TestMissing(t *testing.T) {
+	s := New(Limits{})
+	a, _ := s.Put("a", lines(tok(t, "a@x", time.Hour)), nil)
+	b, _ := s.Put("b", lines(tok(t, "b@x", time.Hour)), nil)
+	hidden, _ := s.Put("h", lines(tok(t, "h@x", time.Hour)), func(*token.Token) token.Reason { return token.Expired })
+	s.Remove("b")
+	got := s.Missing([]uint64{a.Ino, b.Ino, hidden.Ino, 999})
+	if want := []uint64{b.Ino, 999}; !slices.Equal(got, want) {
+		t.Fatalf("Missing = %v, want %v (a file not shown is not missing)", got, want)
 	}
 }

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
 
@@ -165,7 +165,7 @@ func TestLogoutLeavesNothing(t *testing.T) {
 		t.Fatal("the agent did not exit after wipe --logout")
 	}
 	e.agent = nil
-	if fusefs.Mounted(e.dir) {
+	if mounttab.Mounted(e.dir) {
 		t.Fatal("still mounted")
 	}
 	if _, err := os.Stat(e.sock); !os.IsNotExist(err) {
@@ -177,7 +177,7 @@ func TestLogoutLeavesNothing(t *testing.T) {
 
 	e.start()
 	e.stop() // SIGTERM
-	if fusefs.Mounted(e.dir) {
+	if mounttab.Mounted(e.dir) {
 		t.Fatal("still mounted after SIGTERM")
 	}
 }

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 )
 
 // launchCmd starts cmd as the agent, its output going to the agent's log,
@@ -104,7 +104,7 @@ func (e *env) failsToStart(cmd *exec.Cmd) string {
 // nothingLeft fails unless the agent left no mount and no socket.
 func (e *env) nothingLeft() {
 	e.t.Helper()
-	if fusefs.Mounted(e.dir) {
+	if mounttab.Mounted(e.dir) {
 		e.t.Errorf("the agent left %s mounted", e.dir)
 	}
 	if _, err := os.Lstat(e.sock); !errors.Is(err, os.ErrNotExist) {

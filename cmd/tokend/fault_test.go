@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
 
@@ -311,7 +311,7 @@ func TestSocketDirTaken(t *testing.T) {
 	}
 	out := e.failsToStart(e.agentCmd())
 	mustMatch(t, "the agent's error", out, dir, "belongs to uid "+itoa(other.UID), "another user took it")
-	if _, err := os.Stat(e.dir); err == nil && fusefs.Mounted(e.dir) {
+	if _, err := os.Stat(e.dir); err == nil && mounttab.Mounted(e.dir) {
 		t.Fatal("the agent mounted although it could not serve its socket")
 	}
 }

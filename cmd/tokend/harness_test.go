@@ -22,9 +22,9 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/api"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
 
@@ -318,11 +318,11 @@ func (e *env) cleanup() {
 			}
 		}
 	}
-	if fusefs.Mounted(e.dir) {
+	if mounttab.Mounted(e.dir) {
 		exec.Command("fusermount3", "-u", "-z", e.dir).Run()
 		e.t.Errorf("the mount at %s was left behind", e.dir)
 	}
-	if _, err := fusefs.RecoverStale(e.dir); err != nil {
+	if _, err := mounttab.RecoverStale(e.dir); err != nil {
 		e.t.Errorf("recovering a dead mount at cleanup: %v", err)
 	}
 }

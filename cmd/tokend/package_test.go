@@ -71,6 +71,7 @@ func TestMakeInstall(t *testing.T) {
 		"usr/local/share/doc/tokend/admin.md":                 0o644,
 		"usr/local/share/doc/tokend/user.md":                  0o644,
 		"usr/local/share/doc/tokend/README.md":                0o644,
+		"usr/local/share/doc/tokend/LICENSE":                  0o644,
 		"etc/tokend/config.toml":                              0o644,
 	}
 	var got []string
@@ -213,6 +214,7 @@ func TestDebianPackage(t *testing.T) {
 		"/usr/share/man/man1/tokend.1.gz":                0o644,
 		"/usr/share/bash-completion/completions/tokend":  0o644,
 		"/usr/share/doc/tokend/admin.md":                 0o644,
+		"/usr/share/doc/tokend/copyright":                0o644,
 		"/etc/tokend/config.toml":                        0o644,
 	}
 	for path, mode := range files {
@@ -220,6 +222,9 @@ func TestDebianPackage(t *testing.T) {
 		if err != nil || st.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want mode %v", path, st.Mode(), err, mode)
 		}
+	}
+	if data, _ := os.ReadFile("/usr/share/doc/tokend/copyright"); !strings.Contains(string(data), "The tokend authors") || !strings.Contains(string(data), "Apache License\n                           Version 2.0") {
+		t.Errorf("/usr/share/doc/tokend/copyright does not hold the Apache-2.0 license and its copyright:\n%.200s", data)
 	}
 	if out := mustRun(t, "/usr/bin/tokend", "version"); !strings.HasPrefix(out, "tokend ") {
 		t.Errorf("tokend version: %q", out)

@@ -26,9 +26,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/session"
 )
 
@@ -264,7 +264,7 @@ func (p *pamEnv) assertGone(agentPID int) {
 	if running(agentPID) {
 		p.t.Errorf("the agent (pid %d) still runs", agentPID)
 	}
-	if fusefs.Mounted(p.dir) {
+	if mounttab.Mounted(p.dir) {
 		p.t.Errorf("%s is still mounted", p.dir)
 	}
 	if _, err := os.Stat(p.sock); !errors.Is(err, fs.ErrNotExist) {
@@ -469,7 +469,7 @@ func TestSessionHookRefuses(t *testing.T) {
 			t.Errorf("%s: exit %d, want %d with %q:\n%s", tc.name, code, tc.code, tc.want, out)
 		}
 	}
-	if fusefs.Mounted(e.dir) {
+	if mounttab.Mounted(e.dir) {
 		t.Fatal("a refused hook mounted the directory")
 	}
 }
@@ -505,7 +505,7 @@ func TestSessionGrace(t *testing.T) {
 	if out := sess("close", first.Process.Pid); !strings.Contains(out, "wiped in 1s unless you log in again") {
 		t.Fatalf("close with a grace says: %s", out)
 	}
-	if !fusefs.Mounted(e.dir) {
+	if !mounttab.Mounted(e.dir) {
 		t.Fatal("the grace did not keep the mount")
 	}
 	second := holder()
@@ -520,7 +520,7 @@ func TestSessionGrace(t *testing.T) {
 	}
 	start := time.Now()
 	sess("close", second.Process.Pid)
-	testenv.Eventually(t, 10*time.Second, "the wipe after the grace", func() bool { return !running(st.PID) && !fusefs.Mounted(e.dir) })
+	testenv.Eventually(t, 10*time.Second, "the wipe after the grace", func() bool { return !running(st.PID) && !mounttab.Mounted(e.dir) })
 	if d := time.Since(start); d < time.Second {
 		t.Fatalf("wiped after %v, before the 1s grace", d)
 	}

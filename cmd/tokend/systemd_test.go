@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 )
 
 const systemdBinary = "/lib/systemd/systemd"
@@ -281,8 +281,8 @@ func TestSystemdUserUnit(t *testing.T) {
 	if out, err := m.systemctl("stop", "tokend.service"); err != nil {
 		t.Fatalf("systemctl --user stop: %v: %s", err, out)
 	}
-	if fusefs.Mounted(e.dir) || running(pid) {
-		t.Fatalf("after systemctl stop: mounted %v, agent running %v", fusefs.Mounted(e.dir), running(pid))
+	if mounttab.Mounted(e.dir) || running(pid) {
+		t.Fatalf("after systemctl stop: mounted %v, agent running %v", mounttab.Mounted(e.dir), running(pid))
 	}
 	if _, err := os.Stat(filepath.Dir(e.sock)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the runtime directory outlived the unit: %v", err)
@@ -292,7 +292,7 @@ func TestSystemdUserUnit(t *testing.T) {
 	if out, err := m.systemctl("start", "tokend.service"); err != nil {
 		t.Fatalf("systemctl --user start: %v: %s\n%s", err, out, readFile(agentLog))
 	}
-	if !fusefs.Mounted(e.dir) {
+	if !mounttab.Mounted(e.dir) {
 		t.Fatal("systemctl start returned before the directory was mounted")
 	}
 	e.waitReady()
@@ -321,8 +321,8 @@ func TestSystemdUserUnit(t *testing.T) {
 	// The last logout: the manager stops, and with it the unit.
 	last := m.mainPID("tokend.service")
 	m.stop()
-	if fusefs.Mounted(e.dir) || running(last) {
-		t.Fatalf("after the manager stopped: mounted %v, agent running %v", fusefs.Mounted(e.dir), running(last))
+	if mounttab.Mounted(e.dir) || running(last) {
+		t.Fatalf("after the manager stopped: mounted %v, agent running %v", mounttab.Mounted(e.dir), running(last))
 	}
 	log := readFile(agentLog)
 	if n := strings.Count(log, "tokens wiped and directory unmounted"); n != 2 {

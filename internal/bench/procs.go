@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/syncbuf"
+	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyd"
 )
@@ -352,11 +353,11 @@ func (b *bench) stopAgent(a *agent) error {
 	case <-time.After(15 * time.Second):
 		a.cmd.Process.Kill()
 		<-a.done
-		detach(a.h.tokens)
+		mounttab.Detach(a.h.tokens)
 		return fmt.Errorf("agent of %s did not exit within 15 s of SIGTERM; killed", a.h.u.name)
 	}
-	if mounted(a.h.tokens) {
-		detach(a.h.tokens)
+	if mounttab.Mounted(a.h.tokens) {
+		mounttab.Detach(a.h.tokens)
 		return fmt.Errorf("agent of %s exited but left its mount", a.h.u.name)
 	}
 	if a.err != nil {
@@ -367,29 +368,6 @@ func (b *bench) stopAgent(a *agent) error {
 
 // pid is the agent's process id.
 func (a *agent) pid() int { return a.cmd.Process.Pid }
-
-// mounted reports whether dir is a FUSE mount point (root sees every mount
-// in /proc/self/mountinfo, even those it cannot enter).
-func mounted(dir string) bool {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && f[4] == dir && strings.Contains(line, " - fuse") {
-			return true
-		}
-	}
-	return false
-}
-
-// detach lazily unmounts a mount a dead agent left.
-func detach(dir string) {
-	if mounted(dir) {
-		syscall.Unmount(dir, syscall.MNT_DETACH)
-	}
-}
 
 // verifydProc is `tokend verifyd` run as root over its own password
 // directory (root-owned 0600 key files) with a socket every user can reach.

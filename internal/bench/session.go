@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tokend/tokend/mounttab"
 )
 
 // sessions times `tokend session open` (the PAM hook, run as root as
@@ -107,7 +109,7 @@ func (b *bench) sessionRun(u account, dir, runtime string) (open, fetch, closed 
 	if out, err := b.sessionHook(u, runtime, "close"); err != nil {
 		return 0, 0, 0, fmt.Errorf("tokend session close: %v: %s", err, out)
 	}
-	for deadline := time.Now().Add(10 * time.Second); mounted(dir); time.Sleep(200 * time.Microsecond) {
+	for deadline := time.Now().Add(10 * time.Second); mounttab.Mounted(dir); time.Sleep(200 * time.Microsecond) {
 		if time.Now().After(deadline) {
 			return 0, 0, 0, fmt.Errorf("the mount at %s is still there 10 s after the last session closed", dir)
 		}
@@ -216,5 +218,5 @@ func (b *bench) endSessionAgents(u account) {
 		}
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	detach(filepath.Join(u.home, ".condor", "tokens.d"))
+	mounttab.Detach(filepath.Join(u.home, ".condor", "tokens.d"))
 }

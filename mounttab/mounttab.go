@@ -1,4 +1,10 @@
-package fusefs
+// Package mounttab answers questions about the kernel's mount table for a
+// token directory: is a tokend filesystem mounted there, what path the
+// kernel knows it by, and how to detach one (a dead mount a killed agent
+// left behind, or a live one at the end). It reads /proc/self/mountinfo and
+// calls umount2 or fusermount3; it never serves a filesystem, so the
+// session hook, doctor, demo and benchmark use it without linking FUSE.
+package mounttab
 
 import (
 	"errors"
@@ -11,8 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// detach lazily unmounts dir: directly as root, else with fusermount3.
-func detach(dir string) error {
+// Detach lazily unmounts dir: directly as root, else with fusermount3. A
+// busy mount is detached at once and ends when its last user leaves.
+func Detach(dir string) error {
 	if os.Geteuid() == 0 {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("could not unmount %s: %w", dir, err)
@@ -34,28 +41,35 @@ func RecoverStale(dir string) (bool, error) {
 	if !errors.Is(err, unix.ENOTCONN) {
 		return false, nil
 	}
-	if err := detach(dir); err != nil {
+	if err := Detach(dir); err != nil {
 		return true, fmt.Errorf("%s holds a dead mount (transport endpoint is not connected): %w", dir, err)
 	}
 	return true, nil
 }
 
-// Mounted reports whether dir is a mount point of a tokend filesystem.
+// Mounted reports whether dir is a mount point of a tokend filesystem, live
+// or dead.
 func Mounted(dir string) bool {
-	dir = Canonical(dir)
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return false
 	}
-	for line := range strings.SplitSeq(string(data), "\n") {
+	return mountedIn(string(data), Canonical(dir))
+}
+
+// mountedIn reports whether the mountinfo text lists a tokend filesystem
+// mounted at dir (a canonical path).
+func mountedIn(mountinfo, dir string) bool {
+	for line := range strings.SplitSeq(mountinfo, "\n") {
 		f := strings.Fields(line)
-		// 4: mount point; after " - ": fs type, source.
+		// 4: mount point; then optional fields up to "-"; after it the
+		// filesystem type and the source.
 		if len(f) < 10 || unescape(f[4]) != dir {
 			continue
 		}
-		for i, x := range f {
-			if x == "-" && i+2 < len(f) {
-				return strings.HasPrefix(f[i+1], "fuse") && f[i+2] == "tokend"
+		for i, x := range f[6:] {
+			if x == "-" && 6+i+2 < len(f) {
+				return strings.HasPrefix(f[6+i+1], "fuse") && f[6+i+2] == "tokend"
 			}
 		}
 	}

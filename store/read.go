@@ -1,0 +1,193 @@
+package store
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokend/tokend/secmem"
+	"github.com/tokend/tokend/token"
+)
+
+// Attr describes a visible file.
+type Attr struct {
+	Ino   uint64
+	Size  int
+	Mtime time.Time
+}
+
+// Lookup returns the attributes of a visible file.
+func (s *Store) Lookup(name string) (Attr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byName[name]
+	if f == nil || !f.visible() {
+		return Attr{}, false
+	}
+	return f.attr(), true
+}
+
+// Stat returns the name and attributes of a visible file by inode.
+func (s *Store) Stat(ino uint64) (string, Attr, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byIno[ino]
+	if f == nil || !f.visible() {
+		return "", Attr{}, false
+	}
+	return f.name, f.attr(), true
+}
+
+// Entry is one visible file in a listing.
+type Entry struct {
+	Name string
+	Attr Attr
+}
+
+// List returns the visible files sorted by name.
+func (s *Store) List() []Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Entry, 0, len(s.byName))
+	for _, f := range s.byName {
+		if f.visible() {
+			out = append(out, Entry{f.name, f.attr()})
+		}
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Len returns the number of visible files.
+func (s *Store) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, f := range s.byName {
+		if f.visible() {
+			n++
+		}
+	}
+	return n
+}
+
+// ReadAt copies content of a visible file at off into dest.
+func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byIno[ino]
+	if f == nil || !f.visible() || off < 0 {
+		return 0, ErrNotFound
+	}
+	b := f.bytes()
+	if off >= int64(len(b)) {
+		return 0, nil
+	}
+	return copy(dest, b[off:]), nil
+}
+
+// Content returns a copy of a file's content in a secmem buffer, which the
+// caller must Wipe. It works on files that are not shown too (a writer may
+// still be writing one whose tokens were all hidden).
+func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byIno[ino]
+	if f == nil {
+		return nil, ErrNotFound
+	}
+	return secmem.From(f.bytes())
+}
+
+// Has reports whether a file of that name exists, shown or not.
+func (s *Store) Has(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byName[name] != nil
+}
+
+// Exists returns the name of the file with inode ino, shown or not.
+func (s *Store) Exists(ino uint64) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.byIno[ino]
+	if f == nil {
+		return "", false
+	}
+	return f.name, true
+}
+
+// Missing returns those of inos that no file has, shown or not: one look
+// under the lock for many inodes.
+func (s *Store) Missing(inos []uint64) []uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []uint64
+	for _, ino := range inos {
+		if s.byIno[ino] == nil {
+			out = append(out, ino)
+		}
+	}
+	return out
+}
+
+// Info is the metadata of one token, visible or hidden. It never holds the
+// token itself.
+type Info struct {
+	Name   string       // file name
+	ID     uint64       // stable for the token's life in the store
+	Token  token.Token  // claims
+	Reason token.Reason // token.Valid while visible
+	Hidden bool
+}
+
+// Infos returns the metadata of every token, shown and hidden, sorted by
+// file name then position.
+func (s *Store) Infos() []Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Info
+	for _, f := range s.byName {
+		for _, t := range f.tokens {
+			out = append(out, Info{Name: f.name, ID: t.id, Token: *t.tok})
+		}
+		out = append(out, f.hidden...)
+	}
+	slices.SortStableFunc(out, func(a, b Info) int {
+		return cmp.Or(strings.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
+// Candidate is a shown token handed out for validation. Raw is a copy the
+// caller must Wipe.
+type Candidate struct {
+	Name  string
+	ID    uint64
+	Token token.Token
+	Raw   *secmem.Buffer
+}
+
+// Candidates returns a copy of every shown token for checking outside the
+// lock. Results are applied with Hide by ID, so a token replaced meanwhile is
+// simply not found.
+func (s *Store) Candidates() ([]Candidate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Candidate
+	for _, f := range s.byName {
+		b := f.bytes()
+		for _, t := range f.tokens {
+			raw, err := secmem.From(b[t.start:t.end])
+			if err != nil {
+				for _, c := range out {
+					c.Raw.Wipe()
+				}
+				return nil, err
+			}
+			out = append(out, Candidate{Name: f.name, ID: t.id, Token: *t.tok, Raw: raw})
+		}
+	}
+	return out, nil
+}
