@@ -15,9 +15,9 @@ import (
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
-	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/mounttab"
 )
 
 // The lock file outlives the agent that held it. Were it removed before
@@ -117,7 +117,7 @@ func TestLastSessionCloseIsAnswered(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the agent did not end within 20 s of the last close:\n%s", logs)
 	}
-	if fusefs.Mounted(cfg.Dir) {
+	if mounttab.Mounted(cfg.Dir) {
 		t.Errorf("%s is still mounted after the agent ended", cfg.Dir)
 	}
 }
