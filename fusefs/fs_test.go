@@ -47,7 +47,7 @@ type fixture struct {
 // mount mounts a fresh store as root (the owner), in-process.
 func mount(t *testing.T, limits store.Limits, tweak ...func(*Options)) *fixture {
 	t.Helper()
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "the filesystem is mounted in-process with DirectMount and read as the test users")
 	dir := t.TempDir()
 	st := store.New(limits)
 	sink := &syncbuf.Buffer{}

@@ -70,7 +70,7 @@ var (
 //     handles) and goes back to where it started once the store is wiped
 //     and the mount is gone (secret buffers, goroutines, heap).
 func TestStress(t *testing.T) {
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "it mounts in-process with DirectMount")
 	runtime.GC()
 	goroutines0, secrets0 := runtime.NumGoroutine(), secmem.Live()
 	var mem0 runtime.MemStats

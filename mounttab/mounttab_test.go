@@ -128,7 +128,7 @@ func deadMount(t *testing.T, dir string) {
 
 // A mount reached through a symlinked parent (a symlinked /home) is found.
 func TestMountedThroughSymlink(t *testing.T) {
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "it mounts with DirectMount")
 	dir := filepath.Join(t.TempDir(), "tokens.d")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -151,7 +151,7 @@ func TestMountedThroughSymlink(t *testing.T) {
 
 // A dead mount is detached; a live one and a plain directory are left alone.
 func TestRecoverStale(t *testing.T) {
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "it mounts with DirectMount")
 	plain, live, dead := t.TempDir(), t.TempDir(), t.TempDir()
 	liveMount(t, live)
 	deadMount(t, dead)
@@ -182,7 +182,7 @@ func TestRecoverStale(t *testing.T) {
 
 // Detach ends a live mount (lazily) and accepts a directory that is not one.
 func TestDetach(t *testing.T) {
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "it opens /dev/fuse and mounts directly")
 	dir := t.TempDir()
 	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {

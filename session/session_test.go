@@ -67,15 +67,8 @@ func TestUserEnv(t *testing.T) {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test creates directories owned by other users: run it as root (sudo make test)")
-	}
-}
-
 func TestEnsureRuntimeDir(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "it creates directories owned by other users")
 	a := Account{Name: "someone", UID: 54321, GID: 54322}
 	root := filepath.Join(t.TempDir(), "user")
 
@@ -359,7 +352,7 @@ func TestOpenDuringWipeStartsAFreshAgent(t *testing.T) {
 // groups only, no way back to root, a clean environment, and the runtime
 // directory made.
 func TestBecome(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "it creates directories owned by other users")
 	u := testenv.Lookup(t, testenv.UserName)
 	root := filepath.Join(t.TempDir(), "user")
 	exe, err := os.Executable()

@@ -255,15 +255,6 @@ func (ts *testServer) answer(t testing.TB, raw []byte) token.Reason {
 	return r
 }
 
-// requireRoot fails the test unless it runs as root, as the project's tests
-// do (internal/testenv.RequireRoot): nothing is skipped quietly.
-func requireRoot(t testing.TB, why string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatalf("%s: run as root (sudo make test)", why)
-	}
-}
-
 // isUnavailable reports whether err is a transport failure.
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 

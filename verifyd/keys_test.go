@@ -435,7 +435,7 @@ func TestNoChangeNoGeneration(t *testing.T) {
 // when fixed. New does not fail for it. Meanwhile tokens of its kid get no
 // verdict: 503 key-unavailable.
 func TestRefusedKeyFiles(t *testing.T) {
-	requireRoot(t, "the wrong-owner case chowns a key file")
+	testenv.RequireRoot(t, "the wrong-owner case chowns a key file")
 	f := newRotation(t)
 	ap := filepath.Join(f.dir, "AP")
 	if err := os.Chmod(ap, 0o644); err != nil {
@@ -480,7 +480,7 @@ func TestRefusedKeyFiles(t *testing.T) {
 }
 
 func TestWrongOwnerAtStart(t *testing.T) {
-	requireRoot(t, "this test chowns a key file")
+	testenv.RequireRoot(t, "this test chowns a key file")
 	f := newRotation(t)
 	if err := os.Chown(filepath.Join(f.dir, "POOL"), 1, -1); err != nil {
 		t.Fatal(err)

@@ -156,7 +156,7 @@ func pamConfig(t *testing.T) map[string]string {
 // The Debian package installs, reinstalls, removes and purges cleanly on
 // this machine, turns nothing on by itself, and leaves nothing behind.
 func TestDebianPackage(t *testing.T) {
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "it builds and installs the package into a root-owned tree")
 	exclusive(t)
 	for _, tool := range []string{"dpkg", "dpkg-deb", "dpkg-query", "make", "systemd-analyze"} {
 		if _, err := exec.LookPath(tool); err != nil {

@@ -46,7 +46,7 @@ type verifydProc struct {
 // so the agent stops before verifyd does.
 func newVerifyd(t *testing.T) *verifydProc {
 	t.Helper()
-	testenv.RequireRoot(t)
+	testenv.RequireRoot(t, "verifyd reads root-owned key files")
 	root, err := os.MkdirTemp("", "tokend-verifyd-")
 	if err != nil {
 		t.Fatal(err)
