@@ -8,7 +8,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Fuzzers run this long each in `make test`; longer with `make fuzz FUZZTIME=5m`.
 FUZZTIME ?= 10s
 
-.PHONY: build demo test setup fuzz bench clean install deb
+.PHONY: build demo test setup fuzz bench clean install deb rpm
 
 # `make install`: the binary (built first with `make build`), the units, the
 # PAM snippet, the default /etc/tokend/config.toml (kept if present), the man
@@ -27,15 +27,39 @@ SYSCONFDIR  ?= /etc
 DESTDIR     ?=
 INSTALL     ?= install
 
-# `make deb`: a Debian package in $(DISTDIR), built with nfpm from a tree
-# staged by `make install`.
+# `make deb` and `make rpm`: the Debian and the Enterprise Linux package in
+# $(DISTDIR), built with nfpm (packaging/nfpm.yaml) from a tree staged by
+# `make install`. Staging a file in `make install` stages it for both; a
+# program in $(BINDIR) needs nothing more, any other file a line in
+# packaging/nfpm.yaml.
 DISTDIR     ?= dist
 DEBROOT     ?= $(DISTDIR)/deb-root
-DEB_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$$v" | sed 's/^v//; s/-/+/; s/-/./g' || echo "0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo 0)")
+RPMROOT     ?= $(DISTDIR)/rpm-root
+# The version orders for upgrades in dpkg and rpm alike: tag v1.2.3 gives
+# 1.2.3 (v1.2.3-rc1: 1.2.3~rc1, before 1.2.3); 5 commits after it,
+# 1.2.3+5.g<hash>; with no tag, 0.0~git<commit time, UTC>.<hash>.
+PKG_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) \
+	&& echo "$$v" | sed -e 's/^v//' -e 's/-\([0-9][0-9]*\)-g\([0-9a-f]*\)$$/+\1.g\2/' -e 's/-/~/g' \
+	|| echo "0.0~git$$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y%m%d%H%M%S 2>/dev/null || date -u +%Y%m%d%H%M%S).$$(git rev-parse --short HEAD 2>/dev/null || echo 0)")
+DEB_VERSION ?= $(PKG_VERSION)
+RPM_VERSION ?= $(PKG_VERSION)
 NFPM        ?= github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 
+# pkg-changelog writes the package's changelog (nfpm's chglog format) into
+# $(1)/.maint: one entry for version $(2), dated at the commit it is built
+# from.
+define pkg-changelog
+	mkdir -p $(1)/.maint
+	printf '%s\n' '- semver: "$(2)"' \
+	  "  date: $$(git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)" \
+	  '  packager: tokend developers <tokend@users.noreply.github.com>' \
+	  '  changes:' \
+	  "    - note: Built from commit $$(git rev-parse --short HEAD 2>/dev/null || echo unknown) of https://github.com/tokend/tokend" \
+	  > $(1)/.maint/changelog.yml
+endef
+
 build:
-	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tokend
+	$(GO) build -trimpath $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tokend
 
 demo: build
 	./$(BIN) demo
@@ -91,11 +115,38 @@ install:
 	@echo "  the PAM line in $(DATADIR)/tokend/pam-session      (no user managers)"
 	@echo "  systemctl enable --now tokend-verifyd.socket      (key-rotation notices)"
 
+# The packages' binary is stripped (as rpmbuild and dh_strip would) and
+# position-independent (EL's hardening).
+deb rpm: LDFLAGS += -s -w
+deb rpm: BUILDFLAGS += -buildmode=pie
+
 deb: build
 	rm -rf $(DEBROOT)
 	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DEBROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) >/dev/null
 	$(INSTALL) -D -m 0644 packaging/pam-configs/tokend $(DEBROOT)/usr/share/pam-configs/tokend
 	$(INSTALL) -D -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm -t $(DEBROOT)/.maint
+	$(call pkg-changelog,$(DEBROOT),$(DEB_VERSION))
 	mkdir -p $(DISTDIR)
-	cd $(DEBROOT) && DEB_VERSION="$(DEB_VERSION)" DEB_ARCH="$$($(GO) env GOARCH)" \
+	cd $(DEBROOT) && PKG_VERSION="$(DEB_VERSION)" PKG_ARCH="$$($(GO) env GOARCH)" \
 	  $(GO) run $(NFPM) pkg --packager deb --config $(abspath packaging/nfpm.yaml) --target $(abspath $(DISTDIR))/
+
+# dist/tokend-<version>-1.<arch>.rpm for EL 8 and 9: the same tree, plus the
+# license and rpm's own scriptlets (packaging/rpm/), and no pam-configs.
+# The binary links the build host's glibc (cgo: user lookups go through
+# NSS, for SSSD and LDAP users), so the rpm requires the newest glibc symbol
+# version it uses, as rpmbuild would: built on EL 8 it installs on EL 8 and
+# 9; built on a newer system (Debian 12: glibc 2.34) dnf refuses it on EL 8
+# rather than install a binary that cannot start.
+# nfpm writes absolute paths into the payload: unpack it with rpm2archive,
+# or cpio --no-absolute-filenames, never a bare `rpm2cpio | cpio -i` as root
+# (rpmlint does that: see TestRPMPackage for how CI runs it).
+rpm: build
+	rm -rf $(RPMROOT)
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(RPMROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) >/dev/null
+	$(INSTALL) -D -m 0644 LICENSE $(RPMROOT)/usr/share/licenses/tokend/LICENSE
+	$(INSTALL) -D -m 0644 packaging/rpm/post packaging/rpm/preun packaging/rpm/postun -t $(RPMROOT)/.maint
+	$(call pkg-changelog,$(RPMROOT),$(RPM_VERSION)-1)
+	mkdir -p $(DISTDIR)
+	cd $(RPMROOT) && PKG_VERSION="$(RPM_VERSION)" PKG_ARCH="$$($(GO) env GOARCH)" \
+	  RPM_GLIBC="$$(objdump -T $(abspath $(BIN)) | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | sed 's/.*/libc.so.6(&)(64bit)/')" \
+	  $(GO) run $(NFPM) pkg --packager rpm --config $(abspath packaging/nfpm.yaml) --target $(abspath $(DISTDIR))/

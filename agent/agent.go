@@ -171,7 +171,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		}
 		a.log.Info("tokens wiped and directory unmounted", "dir", a.dir)
 	}()
-	a.log.Info("token directory mounted", "dir", a.dir, "socket", a.socket)
+	a.log.Info("token directory mounted", "dir", a.dir, "socket", a.socket, "open_mode", a.openMode())
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

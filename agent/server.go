@@ -153,6 +153,18 @@ func (a *Agent) mounted() bool {
 	}
 }
 
+// openMode says how the mount opens files (api.OpenMode*); "" before it is
+// mounted.
+func (a *Agent) openMode() string {
+	switch {
+	case a.fs == nil:
+		return ""
+	case a.fs.OpenHandles():
+		return api.OpenModeHandles
+	}
+	return api.OpenModeKernel
+}
+
 // Status reports the agent's state.
 func (a *Agent) Status() api.Status {
 	st := api.Status{
@@ -164,6 +176,7 @@ func (a *Agent) Status() api.Status {
 		Started:      a.started,
 		Sessions:     a.sessions.Count(),
 		MemoryLocked: MemoryLocked(),
+		OpenMode:     a.openMode(),
 	}
 	for _, in := range a.store.Infos() {
 		if in.Hidden {

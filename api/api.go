@@ -54,7 +54,18 @@ type Status struct {
 	Validation   Validation `json:"validation"`
 	Sessions     int        `json:"sessions"` // open login sessions (PAM); 0 when not counted
 	MemoryLocked bool       `json:"memory_locked"`
+	OpenMode     string     `json:"open_mode"` // kernel-no-open | open-handles; "" when not mounted
 }
+
+// Open modes: how files and the directory are opened on the mount.
+const (
+	// OpenModeKernel: the kernel opens them itself (no_open, no_opendir), so
+	// the tools' reads cost no round trip to the agent.
+	OpenModeKernel = "kernel-no-open"
+	// OpenModeHandles: the kernel lacks no_open or no_opendir support (EL 8's
+	// 4.18 without the backport), so the agent answers every open.
+	OpenModeHandles = "open-handles"
+)
 
 // Session describes the session token and its fetcher.
 type Session struct {

@@ -68,7 +68,13 @@ func Run(ctx context.Context, o Options) []Check {
 	add(agentCheck)
 	if dir != "" {
 		add(mount(dir, st))
+		if st != nil && st.Mounted {
+			add(openMode(st))
+		}
 		add(condorView(dir))
+	}
+	if c, ok := selinux(ctx, cfg); ok {
+		add(c)
 	}
 	add(condorTools(cfg))
 	add(condorDir(dir))

@@ -34,9 +34,21 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 func (fs *FS) Forget(nodeid, nlookup uint64) {}
 
 // OpenDir answers ENOSYS so that the kernel stops sending it and caches
-// listings (FOPEN_CACHE_DIR is its default without opendir).
+// listings (FOPEN_CACHE_DIR is its default without opendir). Where the
+// kernel cannot do without (see OpenHandles) it answers with those defaults.
 func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	return fuse.ENOSYS
+	if !fs.openHandles {
+		return fuse.ENOSYS
+	}
+	if !fs.allowed(&in.Caller) {
+		return fuse.EACCES
+	}
+	if in.NodeId != rootIno {
+		return fuse.ENOTDIR
+	}
+	fs.opened.Add(1)
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_CACHE_DIR
+	return fuse.OK
 }
 
 func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {

@@ -16,6 +16,16 @@
 //     and directory listings are cached (FOPEN_CACHE_DIR, also a no-open
 //     default).
 //
+// Refusing OPEN and OPENDIR needs the kernel's no_open and no_opendir
+// support (FUSE_NO_OPEN_SUPPORT, FUSE_NO_OPENDIR_SUPPORT in INIT; upstream
+// 5.1 for opendir, EL 8's 4.18 only where backported): an older kernel hands
+// the ENOSYS to open(2) and opendir(3). So Init reads what the kernel offers,
+// and where it lacks either, OPEN and OPENDIR are answered with the flags the
+// kernel would have used itself (keep the page cache, cache the listing, no
+// FLUSH), with no per-handle state: file handle 0, and everything else
+// works as above, at one round trip per open (FS.OpenHandles, shown by
+// `tokend status` and doctor; Options.ForceOpenHandles forces it for tests).
+//
 // # Invalidation
 //
 // Because the kernel answers from caches, every change must be pushed to it.

@@ -7,10 +7,11 @@ import (
 )
 
 // Open answers ENOSYS: from then on the kernel opens files itself, with page
-// caching, and never asks again. In audit mode it answers, logging the
-// opener, and keeps caching (FOPEN_KEEP_CACHE) and skips FLUSH.
+// caching, and never asks again. Where the kernel cannot do that (see
+// OpenHandles), and in audit mode (which logs the opener), it answers with
+// what the kernel would have used: keep the page cache, no FLUSH.
 func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if !fs.opt.Audit {
+	if !fs.opt.Audit && !fs.openHandles {
 		return fuse.ENOSYS
 	}
 	if !fs.allowed(&in.Caller) {
@@ -20,8 +21,11 @@ func (fs *FS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) f
 	if !ok {
 		return fuse.ENOENT
 	}
-	pid, exe := opener(in.Caller.Pid)
-	fs.log.Info("token file opened", "name", name, "pid", pid, "exe", exe, "flags", in.Flags)
+	if fs.opt.Audit {
+		pid, exe := opener(in.Caller.Pid)
+		fs.log.Info("token file opened", "name", name, "pid", pid, "exe", exe, "flags", in.Flags)
+	}
+	fs.opened.Add(1)
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	return fuse.OK
 }

@@ -31,6 +31,11 @@ type Options struct {
 	// which file; it costs a round trip per open.
 	Audit bool
 
+	// ForceOpenHandles answers OPEN and OPENDIR even where the kernel can
+	// do without them: the mode chosen for kernels that lack no_open or
+	// no_opendir support, forced (tests).
+	ForceOpenHandles bool
+
 	// Check is the quick local check (structure is always checked; this adds
 	// time and issuer) applied to tokens written through the mount.
 	Check func(*token.Token) token.Reason
@@ -60,6 +65,11 @@ type FS struct {
 	dir    string
 
 	dirMtime atomic.Int64 // unix nanoseconds of the last change of names
+
+	// openHandles is set by Init, before any request but INIT is served:
+	// OPEN and OPENDIR are answered rather than refused with ENOSYS.
+	openHandles bool
+	opened      atomic.Uint64 // OPEN and OPENDIR answered (tests)
 
 	gone     chan struct{} // closed when the kernel ends the mount
 	goneOnce sync.Once
@@ -134,6 +144,28 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 	fs.notes.start(server)
 	return fs, nil
 }
+
+// noOpen is what the kernel must offer for OPEN and OPENDIR to be refused
+// with ENOSYS: a kernel without no_open or no_opendir support (upstream 5.1
+// for opendir; EL 8's 4.18 has it only where backported) hands that ENOSYS
+// to open(2) or opendir(3), and HTCondor would silently offer no IDTOKENS.
+const noOpen = fuse.CAP_NO_OPEN_SUPPORT | fuse.CAP_NO_OPENDIR_SUPPORT
+
+// Init is called by go-fuse once the kernel's INIT is handled and before
+// any other request is served: it picks how OPEN and OPENDIR are answered
+// from what the kernel offers.
+func (fs *FS) Init(s *fuse.Server) {
+	offered := s.KernelSettings().Flags64()&noOpen == noOpen
+	fs.openHandles = fs.opt.ForceOpenHandles || !offered
+	if !offered {
+		fs.log.Info("this kernel lacks FUSE no_open/no_opendir support: answering OPEN and OPENDIR (each open costs a round trip to the agent)")
+	}
+}
+
+// OpenHandles reports whether the filesystem answers OPEN and OPENDIR (the
+// kernel lacks no_open/no_opendir support, or ForceOpenHandles) rather than
+// letting the kernel open files and the directory itself.
+func (fs *FS) OpenHandles() bool { return fs.openHandles }
 
 // canUserMount checks what an ordinary user's mount needs, to say what is
 // missing rather than pass on fusermount3's exit status.

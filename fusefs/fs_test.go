@@ -69,7 +69,33 @@ func mount(t *testing.T, limits store.Limits, tweak ...func(*Options)) *fixture 
 			t.Errorf("unmount: %v", err)
 		}
 	})
+	// Runs before the unmount: the test's opens went the mode's way.
+	t.Cleanup(func() {
+		n := fs.opened.Load()
+		switch {
+		case fs.OpenHandles() && n == 0:
+			t.Error("open-handles mode: no OPEN or OPENDIR reached the filesystem")
+		case !fs.OpenHandles() && !opt.Audit && n != 0:
+			t.Errorf("kernel-no-open mode: %d OPEN/OPENDIR answered; the kernel should open files itself", n)
+		}
+	})
 	return &fixture{dir: dir, store: st, fs: fs, log: sink}
+}
+
+// inBothOpenModes runs test with the kernel opening files and the directory
+// itself (no_open, no_opendir: what this kernel offers) and with the
+// filesystem answering OPEN and OPENDIR (what kernels without that support
+// get), forced.
+func inBothOpenModes(t *testing.T, test func(t *testing.T, mode func(*Options))) {
+	for _, handles := range []bool{false, true} {
+		name := "kernel-no-open"
+		if handles {
+			name = "open-handles"
+		}
+		t.Run(name, func(t *testing.T) {
+			test(t, func(o *Options) { o.ForceOpenHandles = handles })
+		})
+	}
 }
 
 func (f *fixture) path(name string) string { return filepath.Join(f.dir, name) }
@@ -95,8 +121,10 @@ func (f *fixture) content(name string) (string, bool) {
 	return string(b.Bytes()), true
 }
 
-func TestCondorReadSequence(t *testing.T) {
-	f := mount(t, store.Limits{})
+func TestCondorReadSequence(t *testing.T) { inBothOpenModes(t, condorReadSequence) }
+
+func condorReadSequence(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{}, mode)
 	a, b := newToken(t, "alice@example.org"), newToken(t, "bob@example.org")
 	f.put(t, "b-token", append(append([]byte("# fetched by hand\n"), b...), '\n'))
 	f.put(t, "a-token", append(a, '\n'))
@@ -144,8 +172,10 @@ func TestCondorReadSequence(t *testing.T) {
 	}
 }
 
-func TestCondorWriteSequence(t *testing.T) {
-	f := mount(t, store.Limits{})
+func TestCondorWriteSequence(t *testing.T) { inBothOpenModes(t, condorWriteSequence) }
+
+func condorWriteSequence(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{}, mode)
 	first, second, third := newToken(t, "a@x"), newToken(t, "b@x"), newToken(t, "c@x")
 
 	// New file: open O_WRONLY fails with ENOENT, then O_CREAT|O_EXCL.
@@ -190,8 +220,10 @@ func TestCondorWriteSequence(t *testing.T) {
 	}
 }
 
-func TestShellWriters(t *testing.T) {
-	f := mount(t, store.Limits{})
+func TestShellWriters(t *testing.T) { inBothOpenModes(t, shellWriters) }
+
+func shellWriters(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{}, mode)
 	tok1, tok2 := newToken(t, "a@x"), newToken(t, "b@x")
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.WriteFile(src, append(tok1, '\n'), 0o644); err != nil {
@@ -252,8 +284,10 @@ func listDir(t *testing.T, dir string) []string {
 	return names
 }
 
-func TestRefusals(t *testing.T) {
-	f := mount(t, store.Limits{MaxFiles: 3, MaxFileSize: 1024, MaxNameLen: 32})
+func TestRefusals(t *testing.T) { inBothOpenModes(t, refusals) }
+
+func refusals(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{MaxFiles: 3, MaxFileSize: 1024, MaxNameLen: 32}, mode)
 	good := append(newToken(t, "a@x"), '\n')
 	f.put(t, "good", good)
 	p := f.path("good")
@@ -332,8 +366,10 @@ func TestRefusals(t *testing.T) {
 
 // A write that leaves an incomplete token is dropped after the draft timeout;
 // readers keep the previous content all along.
-func TestIncompleteWriteIsDropped(t *testing.T) {
-	f := mount(t, store.Limits{}, func(o *Options) { o.DraftTimeout = 50 * time.Millisecond })
+func TestIncompleteWriteIsDropped(t *testing.T) { inBothOpenModes(t, incompleteWriteIsDropped) }
+
+func incompleteWriteIsDropped(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{}, func(o *Options) { o.DraftTimeout = 50 * time.Millisecond }, mode)
 	good := append(newToken(t, "a@x"), '\n')
 	f.put(t, "tok", good)
 	fd, err := unix.Open(f.path("tok"), unix.O_WRONLY|unix.O_TRUNC, 0)
@@ -364,8 +400,10 @@ func TestIncompleteWriteIsDropped(t *testing.T) {
 
 // Changes made by the agent (not through the mount) reach readers at once,
 // although the kernel caches entries, attributes, pages and listings.
-func TestInvalidation(t *testing.T) {
-	f := mount(t, store.Limits{})
+func TestInvalidation(t *testing.T) { inBothOpenModes(t, invalidation) }
+
+func invalidation(t *testing.T, mode func(*Options)) {
+	f := mount(t, store.Limits{}, mode)
 	one, two := append(newToken(t, "a@x"), '\n'), append(newToken(t, "b@x"), '\n')
 	// Warm every cache: negative entry, listing, attributes, pages.
 	if _, err := os.Stat(f.path("later")); !errors.Is(err, os.ErrNotExist) {
@@ -545,4 +583,48 @@ func TestAudit(t *testing.T) {
 	if !strings.Contains(log, "name=tok") || !strings.Contains(log, "exe=/usr/bin/cat") {
 		t.Fatalf("the audit line does not name the file and the opener:\n%s", log)
 	}
+}
+// The mode follows what the kernel offers; forced, every open and opendir
+// reaches the filesystem, and a created file's handle ends at its close.
+func TestOpenModes(t *testing.T) {
+	f := mount(t, store.Limits{})
+	f.put(t, "tok", append(newToken(t, "a@x"), '\n'))
+	offered := f.fs.server.KernelSettings().Flags64()&noOpen == noOpen
+	if f.fs.OpenHandles() == offered {
+		t.Fatalf("kernel offers no_open and no_opendir: %v; the filesystem answers OPEN: %v", offered, f.fs.OpenHandles())
+	}
+	if !offered {
+		t.Logf("this kernel lacks no_open/no_opendir support: the default is the open-handles mode")
+	}
+	if _, err := os.ReadFile(f.path("tok")); err != nil {
+		t.Fatal(err)
+	}
+	listDir(t, f.dir)
+
+	h := mount(t, store.Limits{}, func(o *Options) { o.ForceOpenHandles = true })
+	if !h.fs.OpenHandles() {
+		t.Fatal("ForceOpenHandles did not force the open-handles mode")
+	}
+	tok := append(newToken(t, "b@x"), '\n')
+	h.put(t, "tok", tok)
+	for i := range 3 {
+		before := h.fs.opened.Load()
+		if got, err := os.ReadFile(h.path("tok")); err != nil || !bytes.Equal(got, tok) {
+			t.Fatalf("read %d: %q, %v", i, got, err)
+		}
+		if names := listDir(t, h.dir); !slices.Equal(names, []string{"tok"}) {
+			t.Fatalf("listing %d: %v", i, names)
+		}
+		if n := h.fs.opened.Load() - before; n != 2 {
+			t.Fatalf("one open and one opendir answered %d OPEN/OPENDIR, want 2", n)
+		}
+	}
+	if err := condor.Write(h.path("new"), newToken(t, "c@x")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 2*time.Second, "a created file's handle outlived its close", func() bool {
+		h.fs.mu.Lock()
+		defer h.fs.mu.Unlock()
+		return len(h.fs.created) == 0
+	})
 }

@@ -106,6 +106,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	fmt.Fprintf(w, "agent:\trunning (pid %d, since %s, %s)\n", st.PID, st.Started.Format(time.DateTime), st.Version)
 	fmt.Fprintf(w, "directory:\t%s (%s)\n", st.Dir, mounted)
+	switch st.OpenMode {
+	case api.OpenModeKernel:
+		fmt.Fprintf(w, "opens:\tby the kernel (%s): reads cost no round trip\n", st.OpenMode)
+	case api.OpenModeHandles:
+		fmt.Fprintf(w, "opens:\tanswered by the agent (%s): this kernel lacks FUSE no_open/no_opendir support; tokens work, each open costs a round trip\n", st.OpenMode)
+	}
 	fmt.Fprintf(w, "tokens:\t%d shown, %d hidden\n", st.Tokens, st.Hidden)
 	fmt.Fprintf(w, "session token:\t%s\n", describeSession(st.Session))
 	if st.Session.LastError != "" {

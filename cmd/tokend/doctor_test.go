@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/doctor"
 )
 
@@ -32,6 +34,26 @@ func TestDoctor(t *testing.T) {
 	}
 	if !strings.Contains(status["what the tools see"].Detail, "tokend-session") {
 		t.Errorf("doctor does not name the token the tools use: %+v", status["what the tools see"])
+	}
+	// The open mode the agent reports, in status and in doctor.
+	st, err := e.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.OpenMode != api.OpenModeKernel && st.OpenMode != api.OpenModeHandles {
+		t.Errorf("status open_mode %q", st.OpenMode)
+	}
+	if c := status["open mode"]; c.Status != doctor.OK || !strings.HasPrefix(c.Detail, st.OpenMode+":") {
+		t.Errorf("doctor's open mode %+v, the agent's %q", c, st.OpenMode)
+	}
+	if out, _, _ := e.cli("status"); !strings.Contains(out, "("+st.OpenMode+")") {
+		t.Errorf("tokend status does not show the open mode %s:\n%s", st.OpenMode, out)
+	}
+	// No SELinux here, so no SELinux check (doctor/selinux_test.go stubs it).
+	if _, err := exec.LookPath("getenforce"); err != nil {
+		if c, ok := status["SELinux"]; ok {
+			t.Errorf("an SELinux check on a machine without SELinux: %+v", c)
+		}
 	}
 	e.stop()
 	out, _, code = e.runAs(e.u, "", e.bin, "doctor", "--config", e.config)
