@@ -181,8 +181,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := a.server(ctx)
-	go srv.Serve(ln)
+	srv := a.serve(ctx, ln)
 	defer srv.Close()
 	if ready != nil {
 		ready()

@@ -1,8 +1,8 @@
 // Package demo is `tokend demo`: the whole story on one machine without an
-// HTCondor pool. An embedded issuer (the agent's local fetcher) and an
-// embedded verifyd stand in for the pool; everything else is real: the agent
-// process, the FUSE mount, the CLI, a key rotation, and a logout that leaves
-// nothing behind.
+// HTCondor pool. An embedded issuer (the agent's local fetcher) and a
+// verifyd over a key directory of the demo's stand in for the pool;
+// everything else is real: the verifyd and agent processes, the FUSE mount,
+// the CLI, a key rotation, and a logout that leaves nothing behind.
 package demo
 
 import (
@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +23,7 @@ import (
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // Run plays the demo, narrating to out. exe is the tokend binary (the agent
@@ -41,8 +40,9 @@ type demo struct {
 	out                  io.Writer
 	agent                *exec.Cmd
 	agentDone            chan error
+	verifyd              *exec.Cmd
+	verifydDone          chan error
 	seen                 [][]byte // every token read through the mount, to search the disk for at the end
-	stopVerifyd          context.CancelFunc
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
@@ -211,18 +211,49 @@ func writeKey(path string) error {
 
 func (d *demo) rotate() error { return writeKey(filepath.Join(d.keys, "POOL")) }
 
+// startVerifyd runs `tokend verifyd` over the demo's key directory and
+// waits until it answers.
 func (d *demo) startVerifyd(ctx context.Context) error {
-	srv, err := verifyd.New(verifyd.Options{PasswordDir: d.keys, Logger: slog.New(slog.DiscardHandler)})
+	cfg := filepath.Join(d.work, "verifyd.toml") // empty: /etc/tokend/verifyd.toml is not read
+	if err := os.WriteFile(cfg, nil, 0o600); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(d.work, "verifyd.log"))
 	if err != nil {
 		return err
 	}
-	l, err := verifyd.Listen(d.vfy)
-	if err != nil {
+	d.verifyd = exec.Command(d.exe, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
+	d.verifyd.Stdout, d.verifyd.Stderr = log, log
+	d.say("   $ tokend verifyd --config %s --socket %s --password-dir %s", cfg, d.vfy, d.keys)
+	if err := d.verifyd.Start(); err != nil {
+		log.Close()
 		return err
 	}
-	ctx, d.stopVerifyd = context.WithCancel(ctx)
-	go srv.Serve(ctx, l)
-	return nil
+	d.verifydDone = make(chan error, 1)
+	go func() {
+		d.verifydDone <- d.verifyd.Wait()
+		log.Close()
+	}()
+	c := verifyapi.NewClient(d.vfy)
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Generation(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("verifyd does not answer on %s: %v (log: %s)", d.vfy, err, log.Name())
+		}
+		select {
+		case err := <-d.verifydDone:
+			d.verifyd = nil
+			return fmt.Errorf("verifyd exited (%v): see %s", err, log.Name())
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 func (d *demo) startAgent() error {
@@ -371,8 +402,13 @@ func (d *demo) cleanup() {
 			d.agent.Process.Kill()
 		}
 	}
-	if d.stopVerifyd != nil {
-		d.stopVerifyd()
+	if d.verifyd != nil {
+		d.verifyd.Process.Signal(os.Interrupt)
+		select {
+		case <-d.verifydDone:
+		case <-time.After(10 * time.Second):
+			d.verifyd.Process.Kill()
+		}
 	}
 	if d.work != "" {
 		if _, err := fusefs.RecoverStale(d.dir); err == nil {
