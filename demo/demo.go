@@ -59,7 +59,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.sock = filepath.Join(d.work, "run", "agent.sock")
 	d.vfy = filepath.Join(d.work, "verifyd", "verify.sock")
 	d.say("tokend demo: HTCondor IDTOKENS kept in memory, shown as %s", d.dir)
-	d.say("(an embedded issuer and verifier stand in for the pool; the agent, the mount and the CLI are real)")
+	d.say("(an embedded issuer stands in for the pool; verifyd, the agent, the mount and the CLI are real)")
 
 	d.step(1, "The pool's signing key")
 	if err := d.writePoolKey(); err != nil {
@@ -218,22 +218,12 @@ func (d *demo) startVerifyd(ctx context.Context) error {
 	if err := os.WriteFile(cfg, nil, 0o600); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(d.work, "verifyd.log"))
+	log := filepath.Join(d.work, "verifyd.log")
+	var err error
+	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
 	if err != nil {
 		return err
 	}
-	d.verifyd = exec.Command(d.exe, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
-	d.verifyd.Stdout, d.verifyd.Stderr = log, log
-	d.say("   $ tokend verifyd --config %s --socket %s --password-dir %s", cfg, d.vfy, d.keys)
-	if err := d.verifyd.Start(); err != nil {
-		log.Close()
-		return err
-	}
-	d.verifydDone = make(chan error, 1)
-	go func() {
-		d.verifydDone <- d.verifyd.Wait()
-		log.Close()
-	}()
 	c := verifyapi.NewClient(d.vfy)
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -243,12 +233,12 @@ func (d *demo) startVerifyd(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("verifyd does not answer on %s: %v (log: %s)", d.vfy, err, log.Name())
+			return fmt.Errorf("verifyd does not answer on %s: %v (log: %s)", d.vfy, err, log)
 		}
 		select {
 		case err := <-d.verifydDone:
 			d.verifyd = nil
-			return fmt.Errorf("verifyd exited (%v): see %s", err, log.Name())
+			return fmt.Errorf("verifyd exited (%v): see %s", err, log)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(10 * time.Millisecond):
@@ -276,23 +266,31 @@ verifyd = %q
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(d.work, "agent.log"))
+	var err error
+	d.agent, d.agentDone, err = d.spawn(filepath.Join(d.work, "agent.log"), "agent", "--config", cfgFile)
+	return err
+}
+
+// spawn starts `tokend args...`, shown as typed, with its output in the
+// file log. done receives its exit.
+func (d *demo) spawn(log string, args ...string) (cmd *exec.Cmd, done chan error, err error) {
+	f, err := os.Create(log)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	d.agent = exec.Command(d.exe, "agent", "--config", cfgFile)
-	d.agent.Stdout, d.agent.Stderr = log, log
-	d.say("   $ tokend agent --config %s", cfgFile)
-	if err := d.agent.Start(); err != nil {
-		log.Close()
-		return err
+	cmd = exec.Command(d.exe, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	d.say("   $ tokend %s", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, nil, err
 	}
-	d.agentDone = make(chan error, 1)
+	done = make(chan error, 1)
 	go func() {
-		d.agentDone <- d.agent.Wait()
-		log.Close()
+		done <- cmd.Wait()
+		f.Close()
 	}()
-	return nil
+	return cmd, done, nil
 }
 
 // cli runs a tokend client command and shows it as a user would type it.
@@ -393,23 +391,22 @@ func (d *demo) checkNothingLeft() error {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// stop interrupts a process of spawn, if it runs, and waits for it.
+func stop(cmd *exec.Cmd, done chan error) {
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+	}
+}
+
 func (d *demo) cleanup() {
-	if d.agent != nil {
-		d.agent.Process.Signal(os.Interrupt)
-		select {
-		case <-d.agentDone:
-		case <-time.After(10 * time.Second):
-			d.agent.Process.Kill()
-		}
-	}
-	if d.verifyd != nil {
-		d.verifyd.Process.Signal(os.Interrupt)
-		select {
-		case <-d.verifydDone:
-		case <-time.After(10 * time.Second):
-			d.verifyd.Process.Kill()
-		}
-	}
+	stop(d.agent, d.agentDone)
+	stop(d.verifyd, d.verifydDone)
 	if d.work != "" {
 		if _, err := fusefs.RecoverStale(d.dir); err == nil {
 			os.RemoveAll(d.work)

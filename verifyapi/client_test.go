@@ -6,29 +6,17 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"testing"
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/localapi"
 )
 
-// sockDir returns a short directory for sockets (sun_path is 108 bytes).
-func sockDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "va")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
 // isUnavailable reports whether err is a transport failure.
 func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 
 func TestClientUnavailable(t *testing.T) {
-	c := NewClient(sockDir(t) + "/none.sock")
+	c := NewClient(t.TempDir() + "/none.sock")
 	if _, err := c.Verify(context.Background(), []byte("a.b.c")); !isUnavailable(err) {
 		t.Fatalf("Verify without a server: %v", err)
 	}
@@ -36,7 +24,7 @@ func TestClientUnavailable(t *testing.T) {
 		t.Fatalf("Generation without a server: %v", err)
 	}
 	// Something that is not verifyd on the socket.
-	sock := sockDir(t) + "/other.sock"
+	sock := t.TempDir() + "/other.sock"
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +35,7 @@ func TestClientUnavailable(t *testing.T) {
 		t.Fatalf("a non-verifyd server: %v", err)
 	}
 	// A 5xx is a ServerError that also reads as unavailable.
-	sock5 := sockDir(t) + "/503.sock"
+	sock5 := t.TempDir() + "/503.sock"
 	l5, err := net.Listen("unix", sock5)
 	if err != nil {
 		t.Fatal(err)

@@ -255,8 +255,10 @@ func (s *Server) keyFor(kid string) (key []byte, unusable string) {
 	return nil, fmt.Sprintf("verifyd cannot use the key of kid %q, so it cannot judge this token: %s", kid, problem)
 }
 
-// wipe zeroes every key; the server answers 503 key-unavailable afterwards.
-func (s *Server) wipe() {
+// Wipe zeroes every key; the server answers 503 key-unavailable
+// afterwards. Serve wipes when it returns; call Wipe for a server that will
+// not be served.
+func (s *Server) Wipe() {
 	s.mu.Lock()
 	zeroKeys(s.keys)
 	s.mu.Unlock()

@@ -188,7 +188,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer s.wipe()
+	defer s.Wipe()
 
 	watchDone := make(chan struct{})
 	go func() {
@@ -221,10 +221,6 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	return err
 }
-
-// Wipe zeroes every key of a server that will not be served (Serve does it
-// when it returns); it answers 503 key-unavailable afterwards.
-func (s *Server) Wipe() { s.wipe() }
 
 // unknownUID is the rate-limit bucket of a request whose peer is not known
 // (not served through Serve).

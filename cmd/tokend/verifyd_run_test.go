@@ -38,17 +38,6 @@ func verifydKeys(t *testing.T) (dir string, tok []byte) {
 	return dir, tok
 }
 
-// shortDir is a directory for sockets (sun_path holds 108 bytes).
-func shortDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "vd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
 // noHarden leaves the test process debuggable while verifyd runs in it.
 func noHarden(t *testing.T) {
 	old := harden
@@ -59,7 +48,7 @@ func noHarden(t *testing.T) {
 func TestVerifydRun(t *testing.T) {
 	noHarden(t)
 	keys, tok := verifydKeys(t)
-	dir := shortDir(t)
+	dir := t.TempDir()
 	sock := filepath.Join(dir, "verify.sock")
 	cfg := filepath.Join(t.TempDir(), "verifyd.toml")
 	// The file names another socket and directory; the flags win.
@@ -136,7 +125,7 @@ func TestVerifydRunErrors(t *testing.T) {
 	}
 	empty := filepath.Join(t.TempDir(), "empty.toml")
 	os.WriteFile(empty, nil, 0o644)
-	if n, _, e := run("--config", empty, "--password-dir", filepath.Join(t.TempDir(), "none"), "--socket", filepath.Join(shortDir(t), "s")); n != exitFailure || !strings.Contains(e, "does not exist") {
+	if n, _, e := run("--config", empty, "--password-dir", filepath.Join(t.TempDir(), "none"), "--socket", filepath.Join(t.TempDir(), "s")); n != exitFailure || !strings.Contains(e, "does not exist") {
 		t.Fatalf("missing password dir: exit %d, %s", n, e)
 	}
 	if n, _, e := run("--config", empty, "--password-dir", keys, "--log-level", "loud"); n != exitUsage || !strings.Contains(e, "log level") {

@@ -24,12 +24,7 @@ import (
 // ends, and returns the socket.
 func serve(t *testing.T, h http.Handler, lim Limits, logs io.Writer) string {
 	t.Helper()
-	d, err := os.MkdirTemp("", "la")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	sock := filepath.Join(d, "s.sock")
+	sock := filepath.Join(t.TempDir(), "s.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
