@@ -27,19 +27,19 @@ import (
 
 // Default timing.
 const (
-	// DefaultDebounce is how long after the last event of a burst the
+	// defaultDebounce is how long after the last event of a burst the
 	// callback runs: an editor's or installer's burst becomes one call.
-	DefaultDebounce = 30 * time.Millisecond
-	// DefaultMaxDelay bounds the wait under a steady stream of events, so
+	defaultDebounce = 30 * time.Millisecond
+	// defaultMaxDelay bounds the wait under a steady stream of events, so
 	// a rotation is seen well within a second even then.
-	DefaultMaxDelay = 200 * time.Millisecond
+	defaultMaxDelay = 200 * time.Millisecond
 )
 
 // Options says what to watch and how.
 type Options struct {
 	Dir     string // the key directory
 	PoolKey string // the pool key file; "" when it is in Dir
-	// Debounce and MaxDelay: defaults DefaultDebounce and DefaultMaxDelay.
+	// Debounce and MaxDelay: default 30 ms and 200 ms.
 	Debounce, MaxDelay time.Duration
 	// Resync calls back this often even without events, for what inotify
 	// cannot see (a symlinked key whose target changes, the parent of
@@ -56,7 +56,7 @@ type Watcher struct {
 	o         Options
 	dir, pool string
 	w         *fsnotify.Watcher // nil when inotify is not available
-	watchErr  map[string]string // dir -> problem last logged
+	watchErr  map[string]string // dir -> problem last logged; New, then Run only
 }
 
 // New installs the watches (the caller reads the keys after New returns, so
@@ -64,10 +64,10 @@ type Watcher struct {
 // it logs why and Run falls back to Options.Fallback.
 func New(o Options) *Watcher {
 	if o.Debounce <= 0 {
-		o.Debounce = DefaultDebounce
+		o.Debounce = defaultDebounce
 	}
 	if o.MaxDelay < o.Debounce {
-		o.MaxDelay = max(DefaultMaxDelay, o.Debounce)
+		o.MaxDelay = max(defaultMaxDelay, o.Debounce)
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -78,8 +78,12 @@ func New(o Options) *Watcher {
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		o.Log.Warn("cannot watch the key files (inotify); checking them periodically instead",
-			"dir", kw.dir, "error", err, "every", o.Fallback, "fix", "raise fs.inotify.max_user_instances")
+		log := o.Log.With("dir", kw.dir, "error", err, "fix", "raise fs.inotify.max_user_instances")
+		if o.Fallback > 0 {
+			log.Warn("cannot watch the key files (inotify); reading them periodically instead", "every", o.Fallback)
+		} else {
+			log.Warn("cannot watch the key files (inotify); their changes are seen only by the periodic check")
+		}
 		return kw
 	}
 	kw.w = w
