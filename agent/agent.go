@@ -175,8 +175,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := a.server(ctx)
-	go srv.Serve(ln)
+	srv := a.serve(ctx, ln)
 	// Runs before the wipe: the requests in flight are answered first
 	// (the last session close, wipe --logout), then the tokens go.
 	defer stopServing(srv)

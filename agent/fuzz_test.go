@@ -21,6 +21,7 @@ import (
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
@@ -95,7 +96,7 @@ func FuzzControlAPI(f *testing.F) {
 		}
 		target := strings.NewReplacer("NAME", url.PathEscape(name), "QUERY", url.QueryEscape(name)).Replace(r.path)
 		req := httptest.NewRequest(r.method, "http://tokend"+target, bytes.NewReader(body))
-		req = req.WithContext(context.WithValue(ctx, peerKey{}, peer{uid: uid, pid: os.Getpid()}))
+		req = req.WithContext(localapi.WithPeer(ctx, localapi.Peer{UID: uint32(uid), PID: int32(os.Getpid())}))
 		rec := httptest.NewRecorder()
 		srv.Handler.ServeHTTP(rec, req)
 

@@ -3,16 +3,14 @@ package agent
 import (
 	"context"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/keywatch"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // keyCheckers builds the configured key checks in order of preference:
@@ -22,7 +20,7 @@ func keyCheckers(cfg config.Config, log *slog.Logger) ([]validate.KeyChecker, *v
 	var keys []validate.KeyChecker
 	var watch *verifydWatch
 	if v.Verifyd != "" {
-		c := verifyd.NewClient(v.Verifyd)
+		c := verifyapi.NewClient(v.Verifyd)
 		keys = append(keys, validate.Verifyd{Client: c})
 		watch = &verifydWatch{client: c, log: log}
 	}
@@ -37,7 +35,7 @@ func keyCheckers(cfg config.Config, log *slog.Logger) ([]validate.KeyChecker, *v
 
 // verifydWatch follows verifyd's change stream.
 type verifydWatch struct {
-	client *verifyd.Client
+	client *verifyapi.Client
 	log    *slog.Logger
 
 	mu  sync.Mutex // guards up and gen
@@ -100,34 +98,8 @@ func (w *verifydWatch) follow(ctx context.Context, changed func()) {
 
 // watchKeys calls changed when the key files the agent reads change
 // (validate.key_dir), so a rotation is seen at once rather than at the next
-// periodic check.
+// periodic check; a replaced key directory is followed too. Without
+// inotify the periodic check is all there is.
 func watchKeys(ctx context.Context, log *slog.Logger, dir, poolKey string, changed func()) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		log.Warn("cannot watch the key directory; rotations are seen at the next periodic check", "dir", dir, "err", err)
-		return
-	}
-	defer w.Close()
-	for _, d := range []string{dir, filepath.Dir(poolKey)} {
-		if d == "." {
-			continue
-		}
-		if err := w.Add(d); err != nil {
-			log.Warn("cannot watch a key directory; rotations are seen at the next periodic check", "dir", d, "err", err)
-		}
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.Events:
-			debounce = time.After(20 * time.Millisecond)
-		case err := <-w.Errors:
-			log.Warn("key directory watch", "err", err)
-		case <-debounce:
-			debounce = nil
-			changed()
-		}
-	}
+	keywatch.New(keywatch.Options{Dir: dir, PoolKey: poolKey, Log: log}).Run(ctx, changed)
 }

@@ -10,126 +10,53 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
+	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/store"
 )
-
-type peerKey struct{}
-
-// peer is the credential of the process at the other end of a connection,
-// read once per connection with SO_PEERCRED.
-type peer struct {
-	uid, pid int
-	err      error
-}
 
 // server builds the control API. Every request is refused unless the peer
 // is the agent's own user.
 func (a *Agent) server(ctx context.Context) *http.Server {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.PathStatus, a.handleStatus)
-	mux.HandleFunc("GET "+api.PathTokens, a.handleTokens)
-	mux.HandleFunc("DELETE "+api.PathTokens+"/{name}", a.handleRemove)
-	mux.HandleFunc("POST "+api.PathFetch, a.handleFetch)
-	mux.HandleFunc("POST "+api.PathWipe, a.handleWipe)
-	mux.HandleFunc("POST "+api.PathSession, a.handleSession)
+	mux := &localapi.Mux{}
+	mux.Handle(http.MethodGet, api.PathStatus, a.handleStatus)
+	mux.Handle(http.MethodGet, api.PathTokens, a.handleTokens)
+	mux.Handle(http.MethodDelete, api.PathTokens+"/{name}", a.handleRemove)
+	mux.Handle(http.MethodPost, api.PathFetch, a.handleFetch)
+	mux.Handle(http.MethodPost, api.PathWipe, a.handleWipe)
+	mux.Handle(http.MethodPost, api.PathSession, a.handleSession)
 	owner := os.Getuid()
-	return &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			p, _ := r.Context().Value(peerKey{}).(peer)
-			if p.err != nil || p.uid != owner {
-				a.log.Warn("refused a control connection from another user", "peer_uid", p.uid, "peer_pid", p.pid, "err", p.err)
-				writeError(w, api.Errorf(api.CodeForbidden, "this agent belongs to uid %d", owner))
-				return
-			}
-			r.Body = http.MaxBytesReader(w, r.Body, api.MaxRequestBody)
-			if _, pattern := mux.Handler(r); pattern == "" {
-				writeError(w, unrouted(mux, r))
-				return
-			}
-			mux.ServeHTTP(w, r)
-		}),
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, peerKey{}, peerOf(c))
-		},
-		ReadHeaderTimeout: 5 * time.Second,
-		MaxHeaderBytes:    8 << 10,
-		IdleTimeout:       time.Minute,
-	}
-}
-
-// unrouted is the error for a request no handler takes: an unknown path
-// (not-found) or a known path with another method (method-not-allowed), in
-// the API's {code, message} shape rather than the mux's plain text.
-func unrouted(mux *http.ServeMux, r *http.Request) *api.Error {
-	h, _ := mux.Handler(r)
-	probe := &statusProbe{header: http.Header{}}
-	h.ServeHTTP(probe, r)
-	if probe.code == http.StatusMethodNotAllowed {
-		return api.Errorf(api.CodeNoMethod, "%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, probe.header.Get("Allow"))
-	}
-	return api.Errorf(api.CodeNotFound, "no such API path %s", r.URL.Path)
-}
-
-// statusProbe records only the status a handler answers with.
-type statusProbe struct {
-	header http.Header
-	code   int
-}
-
-func (p *statusProbe) Header() http.Header         { return p.header }
-func (p *statusProbe) Write(b []byte) (int, error) { return len(b), nil }
-func (p *statusProbe) WriteHeader(code int)        { p.code = code }
-
-func peerOf(c net.Conn) peer {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return peer{err: errors.New("not a unix socket")}
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return peer{err: err}
-	}
-	var p peer
-	raw.Control(func(fd uintptr) {
-		cred, err := getPeerCred(int(fd))
-		if err != nil {
-			p.err = err
+	return localapi.NewServer(ctx, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := localapi.PeerOf(r.Context())
+		if !ok || int(p.UID) != owner {
+			a.log.Warn("refused a control connection from another user", "peer_uid", p.UID, "peer_pid", p.PID, "peer_known", ok)
+			writeError(w, api.Errorf(api.CodeForbidden, "this agent belongs to uid %d", owner))
 			return
 		}
-		p.uid, p.pid = int(cred.Uid), int(cred.Pid)
-	})
-	return p
+		mux.ServeHTTP(w, r)
+	}), a.log)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
+// serve answers the control API on ln until the returned server is closed.
+func (a *Agent) serve(ctx context.Context, ln net.Listener) *http.Server {
+	srv := a.server(ctx)
+	go srv.Serve(localapi.NewListener(ln, localapi.Limits{}, a.log))
+	return srv
 }
+
+func writeJSON(w http.ResponseWriter, v any) { localapi.WriteJSON(w, http.StatusOK, v) }
 
 func writeError(w http.ResponseWriter, e *api.Error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(e.Status())
-	json.NewEncoder(w).Encode(e)
+	localapi.WriteError(w, e.Status(), e.Code, e.Message)
 }
 
-// decode reads a JSON body into v, refusing unknown fields and oversized
-// bodies.
+// decode reads a JSON body into v, strictly and at most
+// api.MaxRequestBody bytes; on an error it has answered.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", api.MaxRequestBody))
-		} else {
-			writeError(w, api.Errorf(api.CodeBadRequest, "malformed request: %v", err))
-		}
+	if e := localapi.Decode(w, r, api.MaxRequestBody, v); e != nil {
+		writeError(w, &api.Error{Code: e.Code, Message: e.Message})
 		return false
 	}
 	return true
@@ -365,8 +292,4 @@ func keyCheckNames(keys []validate.KeyChecker) string {
 		names[i] = k.Name()
 	}
 	return strings.Join(names, ", ")
-}
-
-func getPeerCred(fd int) (*unix.Ucred, error) {
-	return unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 }

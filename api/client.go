@@ -2,39 +2,32 @@ package api
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"time"
+
+	"github.com/tokend/tokend/internal/localapi"
 )
 
 // Client talks to one agent.
 type Client struct {
 	Socket string
-	http   *http.Client
+	c      *localapi.Client
 }
 
 // NewClient returns a client for the agent listening on socket (the config
 // package says where that is: config.SocketOverride, else
 // Config.AgentSocket).
 func NewClient(socket string) *Client {
-	d := net.Dialer{Timeout: 5 * time.Second}
-	return &Client{
-		Socket: socket,
-		http: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				return d.DialContext(ctx, "unix", socket)
-			},
-			DisableCompression: true,
-		}},
-	}
+	return &Client{Socket: socket, c: localapi.NewClient(socket)}
 }
+
+// maxAnswerBytes bounds an answer the client decodes.
+const maxAnswerBytes = 1 << 20
 
 // do sends a request and decodes a JSON answer into out (unless nil).
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
@@ -46,7 +39,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if out == nil {
 		return nil
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out); err != nil {
+	if err := localapi.ReadJSON(resp, maxAnswerBytes, out); err != nil {
 		return fmt.Errorf("could not read the agent's answer: %w", err)
 	}
 	return nil
@@ -54,41 +47,33 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 // send returns a 2xx response or the agent's error.
 func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return nil, err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://tokend"+path, body)
-	if err != nil {
-		return nil, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return nil, &NoAgentError{Socket: c.Socket, Err: op.Err}
-		}
-		return nil, fmt.Errorf("could not talk to the agent on %s: %w", c.Socket, err)
-	}
-	if resp.StatusCode/100 == 2 {
+	resp, err := c.c.Do(ctx, method, path, body)
+	if err == nil {
 		return resp, nil
 	}
-	defer resp.Body.Close()
-	var e Error
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e); err != nil || e.Code == "" {
-		return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("the agent answered %s", resp.Status)}
+	var e *localapi.Error
+	if errors.As(err, &e) {
+		if e.Code == "" {
+			return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("the agent answered %d %s", e.Status, http.StatusText(e.Status))}
+		}
+		return nil, &Error{Code: e.Code, Message: e.Message}
 	}
-	return nil, &e
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return nil, &NoAgentError{Socket: c.Socket, Err: op.Err}
+	}
+	return nil, fmt.Errorf("could not talk to the agent on %s: %w", c.Socket, err)
 }
 
 // Status returns the agent's status.

@@ -4,18 +4,20 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/tokend/tokend/internal/localapi"
 )
 
 // Error codes: a contract between the agent and its clients.
 const (
-	CodeBadRequest  = "bad-request"
-	CodeTooLarge    = "too-large"
+	CodeBadRequest  = localapi.CodeBadRequest
+	CodeTooLarge    = localapi.CodeTooLarge
 	CodeForbidden   = "forbidden"
-	CodeNotFound    = "not-found"
-	CodeNoMethod    = "method-not-allowed"
+	CodeNotFound    = localapi.CodeNotFound
+	CodeNoMethod    = localapi.CodeMethodNotAllowed
 	CodeFetchFailed = "fetch-failed"
 	CodeBusy        = "busy"
-	CodeInternal    = "internal"
+	CodeInternal    = localapi.CodeInternal
 )
 
 // Error is an error reported by the agent.

@@ -61,15 +61,24 @@ func Load(path string) (Config, error) {
 			}
 		}
 	}
-	if errs := cfg.check(); len(errs) > 0 {
-		list := make([]error, len(errs))
-		for i, e := range errs {
-			e.File = src[e.Key]
-			list[i] = e
-		}
-		return Config{}, errors.Join(list...)
+	if err := inFiles(cfg.check(), src); err != nil {
+		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// inFiles names in each error the file that set its key (src: key -> file)
+// and joins them; nil when there are none.
+func inFiles(errs []*KeyError, src map[string]string) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	list := make([]error, len(errs))
+	for i, e := range errs {
+		e.File = src[e.Key]
+		list[i] = e
+	}
+	return errors.Join(list...)
 }
 
 // fileError is an error about one file; it keeps the underlying error (an
@@ -82,9 +91,11 @@ type fileError struct {
 func (e *fileError) Error() string { return e.msg }
 func (e *fileError) Unwrap() error { return e.err }
 
-// decodeFile decodes the TOML file at path over cfg and records in src
-// which keys it set. A missing file is not an error when optional.
-func decodeFile(path string, cfg *Config, src map[string]string, optional bool) error {
+// decodeFile decodes the TOML file at path over cfg (a pointer to a struct
+// with toml tags: *Config, *Verifyd) and records in src which keys it set.
+// Keys the struct does not have are errors, with a suggestion. A missing
+// file is not an error when optional.
+func decodeFile(path string, cfg any, src map[string]string, optional bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		if optional && errors.Is(err, fs.ErrNotExist) {
@@ -110,7 +121,7 @@ func decodeFile(path string, cfg *Config, src map[string]string, optional bool) 
 		return decodeError(path, err)
 	}
 
-	known := knownKeys()
+	known := keysOf(reflect.TypeOf(cfg).Elem())
 	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
 		undecoded[k.String()] = true
@@ -261,8 +272,12 @@ func decodeError(path string, err error) error {
 
 var typeErrRE = regexp.MustCompile(`^line ([0-9]+) \(last key "([^"]*)"\): (.*)$`)
 
-// knownKeys returns every valid dotted key, tables included.
-func knownKeys() map[string]bool {
+// knownKeys returns every valid dotted key of Config, tables included.
+func knownKeys() map[string]bool { return keysOf(reflect.TypeOf(Config{})) }
+
+// keysOf returns every valid dotted key of the struct type t, tables
+// included.
+func keysOf(t reflect.Type) map[string]bool {
 	keys := map[string]bool{}
 	var walk func(t reflect.Type, prefix string)
 	walk = func(t reflect.Type, prefix string) {
@@ -279,7 +294,7 @@ func knownKeys() map[string]bool {
 			}
 		}
 	}
-	walk(reflect.TypeOf(Config{}), "")
+	walk(t, "")
 	return keys
 }
 

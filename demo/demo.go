@@ -1,8 +1,8 @@
 // Package demo is `tokend demo`: the whole story on one machine without an
-// HTCondor pool. An embedded issuer (the agent's local fetcher) and an
-// embedded verifyd stand in for the pool; everything else is real: the agent
-// process, the FUSE mount, the CLI, a key rotation, and a logout that leaves
-// nothing behind.
+// HTCondor pool. An embedded issuer (the agent's local fetcher) and a
+// verifyd over a key directory of the demo's stand in for the pool;
+// everything else is real: the verifyd and agent processes, the FUSE mount,
+// the CLI, a key rotation, and a logout that leaves nothing behind.
 package demo
 
 import (
@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +23,7 @@ import (
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // Run plays the demo, narrating to out. exe is the tokend binary (the agent
@@ -41,8 +40,9 @@ type demo struct {
 	out                  io.Writer
 	agent                *exec.Cmd
 	agentDone            chan error
+	verifyd              *exec.Cmd
+	verifydDone          chan error
 	seen                 [][]byte // every token read through the mount, to search the disk for at the end
-	stopVerifyd          context.CancelFunc
 }
 
 func (d *demo) say(format string, args ...any) { fmt.Fprintf(d.out, format+"\n", args...) }
@@ -59,7 +59,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.sock = filepath.Join(d.work, "run", "agent.sock")
 	d.vfy = filepath.Join(d.work, "verifyd", "verify.sock")
 	d.say("tokend demo: HTCondor IDTOKENS kept in memory, shown as %s", d.dir)
-	d.say("(an embedded issuer and verifier stand in for the pool; the agent, the mount and the CLI are real)")
+	d.say("(an embedded issuer stands in for the pool; verifyd, the agent, the mount and the CLI are real)")
 
 	d.step(1, "The pool's signing key")
 	if err := d.writePoolKey(); err != nil {
@@ -211,18 +211,39 @@ func writeKey(path string) error {
 
 func (d *demo) rotate() error { return writeKey(filepath.Join(d.keys, "POOL")) }
 
+// startVerifyd runs `tokend verifyd` over the demo's key directory and
+// waits until it answers.
 func (d *demo) startVerifyd(ctx context.Context) error {
-	srv, err := verifyd.New(verifyd.Options{PasswordDir: d.keys, Logger: slog.New(slog.DiscardHandler)})
+	cfg := filepath.Join(d.work, "verifyd.toml") // empty: /etc/tokend/verifyd.toml is not read
+	if err := os.WriteFile(cfg, nil, 0o600); err != nil {
+		return err
+	}
+	log := filepath.Join(d.work, "verifyd.log")
+	var err error
+	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
 	if err != nil {
 		return err
 	}
-	l, err := verifyd.Listen(d.vfy)
-	if err != nil {
-		return err
+	c := verifyapi.NewClient(d.vfy)
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := c.Generation(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("verifyd does not answer on %s: %v (log: %s)", d.vfy, err, log)
+		}
+		select {
+		case err := <-d.verifydDone:
+			d.verifyd = nil
+			return fmt.Errorf("verifyd exited (%v): see %s", err, log)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
-	ctx, d.stopVerifyd = context.WithCancel(ctx)
-	go srv.Serve(ctx, l)
-	return nil
 }
 
 func (d *demo) startAgent() error {
@@ -245,26 +266,34 @@ verifyd = %q
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(d.work, "agent.log"))
+	var err error
+	d.agent, d.agentDone, err = d.spawn(filepath.Join(d.work, "agent.log"), "agent", "--config", cfgFile)
+	return err
+}
+
+// spawn starts `tokend args...`, shown as typed, with its output in the
+// file log. done receives its exit.
+func (d *demo) spawn(log string, args ...string) (cmd *exec.Cmd, done chan error, err error) {
+	f, err := os.Create(log)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	d.agent = exec.Command(d.exe, "agent", "--config", cfgFile)
+	cmd = exec.Command(d.exe, args...)
 	// As for the CLI (cli): a $TOKEND_SOCKET of the caller's would win
-	// over the config's socket.
-	d.agent.Env = append(os.Environ(), "TOKEND_SOCKET="+d.sock)
-	d.agent.Stdout, d.agent.Stderr = log, log
-	d.say("   $ tokend agent --config %s", cfgFile)
-	if err := d.agent.Start(); err != nil {
-		log.Close()
-		return err
+	// over the agent's config's socket.
+	cmd.Env = append(os.Environ(), "TOKEND_SOCKET="+d.sock)
+	cmd.Stdout, cmd.Stderr = f, f
+	d.say("   $ tokend %s", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, nil, err
 	}
-	d.agentDone = make(chan error, 1)
+	done = make(chan error, 1)
 	go func() {
-		d.agentDone <- d.agent.Wait()
-		log.Close()
+		done <- cmd.Wait()
+		f.Close()
 	}()
-	return nil
+	return cmd, done, nil
 }
 
 // cli runs a tokend client command and shows it as a user would type it.
@@ -365,18 +394,22 @@ func (d *demo) checkNothingLeft() error {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// stop interrupts a process of spawn, if it runs, and waits for it.
+func stop(cmd *exec.Cmd, done chan error) {
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+	}
+}
+
 func (d *demo) cleanup() {
-	if d.agent != nil {
-		d.agent.Process.Signal(os.Interrupt)
-		select {
-		case <-d.agentDone:
-		case <-time.After(10 * time.Second):
-			d.agent.Process.Kill()
-		}
-	}
-	if d.stopVerifyd != nil {
-		d.stopVerifyd()
-	}
+	stop(d.agent, d.agentDone)
+	stop(d.verifyd, d.verifydDone)
 	if d.work != "" {
 		if _, err := mounttab.RecoverStale(d.dir); err == nil {
 			os.RemoveAll(d.work)

@@ -20,7 +20,7 @@ import (
 	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // Status of one check.
@@ -244,7 +244,7 @@ func verifydCheck(ctx context.Context, cfg config.Config) Check {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	gen, err := verifyd.NewClient(sock).Generation(ctx)
+	gen, err := verifyapi.NewClient(sock).Generation(ctx)
 	if err != nil {
 		return Check{"verifyd", Warn, fmt.Sprintf("not answering on %s: rotations are seen only through %s", sock, keyAlternative(cfg)), "systemctl enable --now tokend-verifyd.socket (as root)"}
 	}

@@ -584,6 +584,7 @@ func TestAudit(t *testing.T) {
 		t.Fatalf("the audit line does not name the file and the opener:\n%s", log)
 	}
 }
+
 // The mode follows what the kernel offers; forced, every open and opendir
 // reaches the filesystem, and a created file's handle ends at its close.
 func TestOpenModes(t *testing.T) {

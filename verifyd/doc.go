@@ -4,25 +4,11 @@
 // verifyd, `tokend verifyd`, runs as root (or as the user owning the keys),
 // reads SEC_PASSWORD_DIRECTORY and the POOL key file, derives the HMAC keys
 // as HTCondor does ([token.DeriveKey]) and answers over a Unix socket,
-// [DefaultSocket], that any local user may connect to.
+// config.DefaultVerifyd, that any local user may connect to. Its command
+// line, `tokend verifyd`, is in cmd/tokend.
 //
-// # Wire
-//
-// HTTP/1.1 with JSON bodies over the Unix socket, versioned paths:
-//
-//	POST /v1/verify      {"token": "<jwt>"} (at most 16 KiB)
-//	                     -> 200 {"reason": "" | "rotated-key" | "unknown-key" | "expired" | "malformed", "generation": N}
-//	                     or 503 key-unavailable: no verdict (see Verdicts)
-//	GET  /v1/generation  -> 200 {"generation": N}
-//	GET  /v1/changes?after=N
-//	                     -> long poll: 200 {"generation": M} as soon as M != N,
-//	                        or after PollTimeout (30 s) with the current value
-//
-// Errors are non-2xx with {"code": "...", "message": "..."}: 400
-// bad-request (not a JSON object with a token string, bad ?after), 404
-// not-found, 405 method-not-allowed (with Allow), 413 too-large, 429
-// rate-limited or too-many-connections (with Retry-After), 503
-// key-unavailable (verifyd cannot judge this token).
+// The wire protocol and the client agents use are in package verifyapi;
+// this package is the server.
 //
 // # Verdicts
 //
@@ -38,9 +24,10 @@
 //
 // A verifyd that cannot read a key cannot judge the tokens of its kid, and
 // says so with 503 key-unavailable instead of a verdict (the client's error
-// matches [ErrUnavailable]; agents keep the token) when: the key file of the
-// token's kid exists but is refused (wrong owner or mode, not a regular
-// file, empty, e.g. while it is being rewritten in place, unreadable); the
+// matches verifyapi.ErrUnavailable; agents keep the token) when: the key
+// file of the token's kid exists but is refused (wrong owner or mode, not a
+// regular file, empty, e.g. while it is being rewritten in place,
+// unreadable); the
 // kid is POOL and the pool key file is missing or refused (the collector
 // recreates a missing POOL, and a verifyd looking in the wrong place must
 // not condemn every token); the password directory exists but
@@ -65,24 +52,19 @@
 // other bits), or a chown to another user, removes the key, as HTCondor
 // would refuse it, and that is a change; so is the key coming back.
 //
-// While Serve runs, fsnotify watches the password directory, its parent
-// (the directory removed and recreated, or renamed over) and the pool key's
-// directory. After the last event of a burst (30 ms, at most 200 ms under a
-// steady stream) everything is read again and compared; long polls answer
-// at once. A periodic reload every minute covers what inotify cannot see.
+// While Serve runs, package keywatch watches the password directory, its
+// parent (the directory removed and recreated, or renamed over) and the
+// pool key's directory. After the last event of a burst (30 ms, at most
+// 200 ms under a steady stream) or an event overflow, everything is read
+// again and compared; long polls answer at once. A periodic reload every
+// minute covers what inotify cannot see.
 //
 // # Abuse
 //
-// Each connection's peer uid is read once with SO_PEERCRED. Every request
+// Each connection's peer uid is read once with SO_PEERCRED (package
+// internal/localapi, which the agent's control API shares). Every request
 // costs one token of the uid's bucket (Options.Rate per second, Burst at
 // once); connections are limited per uid (64) and overall (4096). Header,
 // read, write and idle timeouts close slow or silent connections. The log
 // names kid, iss, sub, verdict and peer uid, never token or key bytes.
-//
-// # Clients
-//
-// [Client] is what agents use. Only a nil error carries a verdict: failures
-// to reach verifyd wrap [ErrUnavailable], error answers are
-// [*ServerError] (matching [ErrRateLimited] for 429 and [ErrUnavailable] for
-// 5xx).
 package verifyd

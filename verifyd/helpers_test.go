@@ -16,16 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/token"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 const vectorsDir = "../token/testdata/htcondor-24.0"
-
-func TestMain(m *testing.M) {
-	harden = func() error { return nil } // leave the test process debuggable
-	os.Exit(m.Run())
-}
 
 // sockDir returns a short directory for sockets (sun_path is 108 bytes;
 // t.TempDir paths with long test names do not fit).
@@ -93,7 +90,7 @@ func sign(t testing.TB, kid string, file []byte, lifetime time.Duration) []byte 
 
 type testServer struct {
 	*Server
-	client *Client
+	client *verifyapi.Client
 	socket string
 	logs   *syncbuf.Buffer
 	cancel context.CancelFunc
@@ -121,7 +118,7 @@ func start(t *testing.T, o Options, tweak func(*Server)) *testServer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{Server: s, client: NewClient(sock), socket: sock, logs: logs, cancel: cancel, done: make(chan error, 1)}
+	ts := &testServer{Server: s, client: verifyapi.NewClient(sock), socket: sock, logs: logs, cancel: cancel, done: make(chan error, 1)}
 	go func() { ts.done <- s.Serve(ctx, l) }()
 	t.Cleanup(func() {
 		cancel()
@@ -174,7 +171,7 @@ type rawResp struct {
 
 func (r rawResp) code(t testing.TB) string {
 	t.Helper()
-	var e ErrorResponse
+	var e localapi.Error
 	if err := json.Unmarshal(r.body, &e); err != nil {
 		t.Fatalf("error body %q is not JSON: %v", r.body, err)
 	}
@@ -222,9 +219,9 @@ func (ts *testServer) do(t testing.TB, method, path string, body any) rawResp {
 const unavailable token.Reason = "(503 key-unavailable)"
 
 // verify asks about raw. It returns the verdict, or the 503 key-unavailable
-// answer, which must be an error matching ErrUnavailable (and not
-// ErrRateLimited) and carry no verdict. Any other error fails the test.
-func (ts *testServer) verify(t testing.TB, raw []byte) (token.Reason, *ServerError) {
+// answer, which must be an error matching verifyapi.ErrUnavailable (and not
+// verifyapi.ErrRateLimited) and carry no verdict. Any other error fails the test.
+func (ts *testServer) verify(t testing.TB, raw []byte) (token.Reason, *verifyapi.ServerError) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -235,12 +232,12 @@ func (ts *testServer) verify(t testing.TB, raw []byte) (token.Reason, *ServerErr
 		}
 		return r.Reason, nil
 	}
-	var se *ServerError
-	if !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable || se.Code != CodeKeyUnavailable {
+	var se *verifyapi.ServerError
+	if !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable || se.Code != verifyapi.CodeKeyUnavailable {
 		t.Fatalf("Verify: %v", err)
 	}
-	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrRateLimited) {
-		t.Fatalf("503 key-unavailable must match ErrUnavailable and not ErrRateLimited: %v", err)
+	if !errors.Is(err, verifyapi.ErrUnavailable) || errors.Is(err, verifyapi.ErrRateLimited) {
+		t.Fatalf("503 key-unavailable must match verifyapi.ErrUnavailable and not verifyapi.ErrRateLimited: %v", err)
 	}
 	if r.Reason != "" || r.Generation != 0 {
 		t.Fatalf("503 key-unavailable came with a verdict: %+v", r)
@@ -256,6 +253,6 @@ func (ts *testServer) answer(t testing.TB, raw []byte) token.Reason {
 }
 
 // isUnavailable reports whether err is a transport failure.
-func isUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+func isUnavailable(err error) bool { return errors.Is(err, verifyapi.ErrUnavailable) }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

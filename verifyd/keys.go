@@ -12,24 +12,16 @@ import (
 	"slices"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
-
+	"github.com/tokend/tokend/internal/keywatch"
 	"github.com/tokend/tokend/token"
 )
 
-// Timing of the key watcher.
+// Timing of the key watcher (package keywatch: debounced, follows a
+// replaced directory, reloads after an event overflow).
 const (
-	// debounce is how long the watcher waits after the last file event
-	// before it reloads: an editor's or installer's burst of events
-	// becomes one reload.
-	debounce = 30 * time.Millisecond
-	// maxDelay bounds the wait under a steady stream of events, so a
-	// rotation is seen well within a second even then.
-	maxDelay = 200 * time.Millisecond
 	// resync reloads everything this often even without events: a safety
 	// net for what inotify cannot report (a symlinked key whose target
-	// changes, the parent of a watched directory replaced, a queue
-	// overflow).
+	// changes, the parent of a watched directory replaced).
 	resync = time.Minute
 	// resyncNoWatch is the reload period when inotify is unavailable.
 	resyncNoWatch = 2 * time.Second
@@ -223,111 +215,17 @@ func sortedNames(keys map[string][]byte) []string {
 	return names
 }
 
-// watchDirs are the directories the watcher follows: the password
-// directory (its keys), its parent (the directory itself removed and
-// recreated, or renamed over) and the pool key's directory.
-func (s *Server) watchDirs() []string {
-	dirs := []string{s.dir, filepath.Dir(s.dir), filepath.Dir(s.pool)}
-	slices.Sort(dirs)
-	return slices.Compact(dirs)
-}
-
-// relevant reports whether an event on name can change the key set.
-func (s *Server) relevant(name string) bool {
-	name = filepath.Clean(name)
-	return name == s.dir || filepath.Dir(name) == s.dir ||
-		name == s.pool || name == filepath.Dir(s.pool)
-}
-
-// addWatches (re)adds every watch whose directory exists. Adding a watched
-// directory again is harmless; a directory that was removed and recreated
-// is a new inode and gets a new watch here.
-func (s *Server) addWatches(w *fsnotify.Watcher) {
-	for _, d := range s.watchDirs() {
-		err := w.Add(d)
-		msg := ""
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			msg = pathErr(err).Error()
-		}
-		if s.watchErr[d] != msg {
-			s.watchErr[d] = msg
-			if msg != "" {
-				s.log.Warn("cannot watch a key directory; changes are seen only by the periodic reload",
-					"dir", d, "error", msg, "reload_every", resync)
-			}
-		}
-	}
-}
-
 // watch follows the key files until ctx is done. It installs the watches
 // first and then reloads, so a change made before the watches existed is
 // not missed.
 func (s *Server) watch(ctx context.Context) {
-	every := resync
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		every = resyncNoWatch
-		s.log.Warn("cannot watch the key files (inotify); reloading them periodically instead",
-			"error", err, "every", every, "fix", "raise fs.inotify.max_user_instances")
-		w = nil
-	} else {
-		defer w.Close()
-		s.addWatches(w)
-	}
+	w := keywatch.New(keywatch.Options{
+		Dir: s.dir, PoolKey: s.pool,
+		Resync: resync, Fallback: resyncNoWatch,
+		Log: s.log,
+	})
 	s.reload()
-
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	if w != nil {
-		events, errs = w.Events, w.Errors
-	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	var pendingSince time.Time // first event not yet reloaded; zero if none
-
-	schedule := func() {
-		now := time.Now()
-		if pendingSince.IsZero() {
-			pendingSince = now
-		}
-		wait := min(debounce, maxDelay-now.Sub(pendingSince))
-		timer.Reset(max(wait, 0))
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			if s.relevant(ev.Name) {
-				schedule()
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			// Typically a queue overflow: events were lost, so reload.
-			s.log.Warn("key watcher error; reloading the keys", "error", err)
-			schedule()
-		case <-timer.C:
-			pendingSince = time.Time{}
-			if w != nil {
-				s.addWatches(w)
-			}
-			s.reload()
-		case <-tick.C:
-			if w != nil {
-				s.addWatches(w)
-			}
-			s.reload()
-		}
-	}
+	w.Run(ctx, s.reload)
 }
 
 // keyFor returns the current key of kid ("" is POOL). When there is none,
@@ -357,8 +255,10 @@ func (s *Server) keyFor(kid string) (key []byte, unusable string) {
 	return nil, fmt.Sprintf("verifyd cannot use the key of kid %q, so it cannot judge this token: %s", kid, problem)
 }
 
-// wipe zeroes every key; the server answers 503 key-unavailable afterwards.
-func (s *Server) wipe() {
+// Wipe zeroes every key; the server answers 503 key-unavailable
+// afterwards. Serve wipes when it returns; call Wipe for a server that will
+// not be served.
+func (s *Server) Wipe() {
 	s.mu.Lock()
 	zeroKeys(s.keys)
 	s.mu.Unlock()

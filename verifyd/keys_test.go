@@ -47,7 +47,7 @@ func outcome(r token.Reason) string {
 	return string(r)
 }
 
-// TestVectors runs HTCondor's own tokens through a real Server and Client,
+// TestVectors runs HTCondor's own tokens through a real Server and verifyapi.Client,
 // with the keys before a rotation and then, after the files are renamed
 // over, with the rotated keys.
 func TestVectors(t *testing.T) {

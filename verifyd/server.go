@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,27 +16,19 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/token"
+	"github.com/tokend/tokend/verifyapi"
 )
 
-// Defaults of [Options] and limits of the server.
+// Limits of the server; its defaults are in package config
+// (config.DefaultPasswordDir, DefaultVerifydRate, DefaultVerifydBurst).
 const (
-	DefaultPasswordDir = "/etc/condor/passwords.d"
-	DefaultRate        = 50.0
-	DefaultBurst       = 100
-
-	// PollTimeout is how long GET /v1/changes waits for a change before it
-	// answers with the current generation.
-	PollTimeout = 30 * time.Second
-
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
-	writeTimeout      = PollTimeout + 10*time.Second
-	idleTimeout       = 90 * time.Second
-	maxHeaderBytes    = 8 << 10
+	writeTimeout      = verifyapi.PollTimeout + 10*time.Second
 	shutdownTimeout   = 3 * time.Second
 
 	// Connection limits: a uid is one agent or a few; hundreds of agents
@@ -50,21 +41,19 @@ const (
 type Options struct {
 	// PasswordDir is SEC_PASSWORD_DIRECTORY. Default: what
 	// `condor_config_val SEC_PASSWORD_DIRECTORY` answers when that command
-	// exists and answers, else /etc/condor/passwords.d.
+	// exists and answers, else config.DefaultPasswordDir.
 	PasswordDir string
 	// PoolKey is SEC_TOKEN_POOL_SIGNING_KEY_FILE. Default: what
 	// condor_config_val answers (only when PasswordDir was defaulted too),
 	// else <PasswordDir>/POOL.
 	PoolKey string
-	// Socket is where Run listens; default DefaultSocket. Ignored when
-	// systemd passes a listener (socket activation). New does not use it.
-	Socket string
 	// KeyOwner is the uid that must own key files. 0 means the process's
 	// effective uid (which is root, 0, when running as root); -1 turns the
 	// owner check off.
 	KeyOwner int
 	// Rate is how many requests per second each peer uid may make after
-	// its first Burst (defaults 50 and 100).
+	// its first Burst (defaults config.DefaultVerifydRate and
+	// DefaultVerifydBurst).
 	Rate  float64
 	Burst int
 	// Logger receives the log; default slog.Default(). It never receives
@@ -78,6 +67,7 @@ type Server struct {
 	owner     int
 	log       *slog.Logger
 	limit     *limiter
+	mux       localapi.Mux
 
 	// Tunables, changed only by tests before Serve.
 	readHeaderTimeout time.Duration
@@ -92,15 +82,9 @@ type Server struct {
 
 	reloadMu sync.Mutex
 	refused  map[string]string // path -> problem last logged; under reloadMu
-	watchErr map[string]string // watch goroutine only
 
 	served  atomic.Bool
 	waiting atomic.Int64 // long polls waiting for a change
-
-	connMu     sync.Mutex
-	conns      map[uint32]int
-	allConns   int
-	connLogged time.Time // last "connection limit" log line
 }
 
 // configVal reads an HTCondor path setting; tests replace it.
@@ -119,7 +103,7 @@ func New(o Options) (*Server, error) {
 	dir, pool := o.PasswordDir, o.PoolKey
 	if dir == "" {
 		if dir = configVal("SEC_PASSWORD_DIRECTORY"); dir == "" {
-			dir = DefaultPasswordDir
+			dir = config.DefaultPasswordDir
 		}
 		if pool == "" {
 			pool = configVal("SEC_TOKEN_POOL_SIGNING_KEY_FILE")
@@ -153,10 +137,10 @@ func New(o Options) (*Server, error) {
 	}
 	rate, burst := o.Rate, o.Burst
 	if rate == 0 {
-		rate = DefaultRate
+		rate = config.DefaultVerifydRate
 	}
 	if burst == 0 {
-		burst = DefaultBurst
+		burst = config.DefaultVerifydBurst
 	}
 	if rate < 0 || burst < 0 || rate != rate {
 		return nil, fmt.Errorf("verifyd: rate %v and burst %d must be positive", rate, burst)
@@ -166,13 +150,14 @@ func New(o Options) (*Server, error) {
 		log:               log,
 		limit:             newLimiter(rate, burst),
 		readHeaderTimeout: readHeaderTimeout,
-		pollTimeout:       PollTimeout,
+		pollTimeout:       verifyapi.PollTimeout,
 		keys:              map[string][]byte{},
 		changed:           make(chan struct{}),
 		refused:           map[string]string{},
-		watchErr:          map[string]string{},
-		conns:             map[uint32]int{},
 	}
+	s.mux.Handle(http.MethodPost, verifyapi.PathVerify, s.handleVerify)
+	s.mux.Handle(http.MethodGet, verifyapi.PathGeneration, s.handleGeneration)
+	s.mux.Handle(http.MethodGet, verifyapi.PathChanges, s.handleChanges)
 	s.reloadMu.Lock()
 	ks, err := s.readKeys()
 	s.reloadMu.Unlock()
@@ -203,7 +188,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer s.wipe()
+	defer s.Wipe()
 
 	watchDone := make(chan struct{})
 	go func() {
@@ -212,25 +197,15 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	}()
 	defer func() { cancel(); <-watchDone }()
 
-	hs := &http.Server{
-		Handler:           s,
-		ReadHeaderTimeout: s.readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      max(writeTimeout, s.pollTimeout+10*time.Second),
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		// Request contexts end with ctx, so long polls answer at shutdown.
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, peerKey{}, pc.uid)
-			}
-			return ctx
-		},
-	}
+	// Request contexts end with ctx, so long polls answer at shutdown.
+	hs := localapi.NewServer(ctx, s, s.log)
+	hs.ReadHeaderTimeout = s.readHeaderTimeout
+	hs.ReadTimeout = readTimeout
+	hs.WriteTimeout = max(writeTimeout, s.pollTimeout+10*time.Second)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(&peerListener{Listener: l, s: s}) }()
+	go func() {
+		errc <- hs.Serve(localapi.NewListener(l, localapi.Limits{PerUID: maxConnsPerUID, Total: maxConns}, s.log))
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -247,172 +222,48 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	return err
 }
 
-type peerKey struct{}
-
-// peerUID is the uid of the process at the other end of the request's
-// connection; ok is false when it is not known (not a Unix socket).
-func peerUID(ctx context.Context) (uint32, bool) {
-	uid, ok := ctx.Value(peerKey{}).(uint32)
-	return uid, ok
-}
-
-// unknownUID is the rate-limit bucket of peers whose uid is unknown.
+// unknownUID is the rate-limit bucket of a request whose peer is not known
+// (not served through Serve).
 const unknownUID = ^uint32(0)
 
-// peerListener reads SO_PEERCRED once per connection and enforces the
-// connection limits.
-type peerListener struct {
-	net.Listener
-	s *Server
-}
-
-type peerConn struct {
-	net.Conn
-	uid  uint32
-	once sync.Once
-	s    *Server
-}
-
-func (c *peerConn) Close() error {
-	c.once.Do(func() { c.s.releaseConn(c.uid) })
-	return c.Conn.Close()
-}
-
-func (l *peerListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		uid := unknownUID
-		if uc, ok := c.(*net.UnixConn); ok {
-			cred, err := peerCred(uc)
-			if err != nil {
-				l.s.log.Warn("cannot read the peer's credentials; closing the connection", "error", err)
-				c.Close()
-				continue
-			}
-			uid = cred.Uid
-		}
-		if !l.s.takeConn(uid) {
-			go refuseConn(c)
-			continue
-		}
-		return &peerConn{Conn: c, uid: uid, s: l.s}, nil
-	}
-}
-
-func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	return cred, cerr
-}
-
-func (s *Server) takeConn(uid uint32) bool {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	if s.allConns >= maxConns || s.conns[uid] >= maxConnsPerUID {
-		if now := time.Now(); now.Sub(s.connLogged) >= logEvery {
-			s.connLogged = now
-			s.log.Warn("connection limit reached; refusing connections", "peer_uid", uid,
-				"uid_conns", s.conns[uid], "uid_limit", maxConnsPerUID, "conns", s.allConns, "limit", maxConns)
-		}
-		return false
-	}
-	s.allConns++
-	s.conns[uid]++
-	return true
-}
-
-func (s *Server) releaseConn(uid uint32) {
-	s.connMu.Lock()
-	defer s.connMu.Unlock()
-	s.allConns--
-	if s.conns[uid]--; s.conns[uid] <= 0 {
-		delete(s.conns, uid)
-	}
-}
-
-// refuseConn answers a connection over the limits with a 429 and closes it.
-func refuseConn(c net.Conn) {
-	defer c.Close()
-	body := `{"code":"` + CodeTooManyConns + `","message":"too many connections from this uid"}`
-	c.SetDeadline(time.Now().Add(time.Second))
-	io.WriteString(c, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: "+
-		strconv.Itoa(len(body))+"\r\n\r\n"+body)
-}
-
-// ServeHTTP routes a request. Every request, even a bad one, costs the
+// ServeHTTP answers a request. Every request, even a bad one, costs the
 // peer one token of its rate.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	uid, known := peerUID(r.Context())
-	if !known {
-		uid = unknownUID
+	uid := unknownUID
+	if p, ok := localapi.PeerOf(r.Context()); ok {
+		uid = p.UID
 	}
 	if ok, retry, report := s.limit.allow(uid, time.Now()); !ok {
 		if report > 0 {
 			s.log.Warn("rate limit reached; refusing requests", "peer_uid", uid, "refused", report,
 				"rate", s.limit.rate, "burst", s.limit.burst)
 		}
-		h.Set("Retry-After", strconv.Itoa(int(max(1, (retry+time.Second-1)/time.Second))))
-		writeError(w, http.StatusTooManyRequests, CodeRateLimited, "too many requests from this uid; retry later")
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(1, (retry+time.Second-1)/time.Second))))
+		localapi.WriteError(w, http.StatusTooManyRequests, verifyapi.CodeRateLimited, "too many requests from this uid; retry later")
 		return
 	}
-	var method string
-	var handle func(http.ResponseWriter, *http.Request, uint32)
-	switch r.URL.Path {
-	case PathVerify:
-		method, handle = http.MethodPost, s.handleVerify
-	case PathGeneration:
-		method, handle = http.MethodGet, s.handleGeneration
-	case PathChanges:
-		method, handle = http.MethodGet, s.handleChanges
-	default:
-		writeError(w, http.StatusNotFound, CodeNotFound, "no such path; this server speaks "+PathVerify+", "+PathGeneration+", "+PathChanges)
-		return
-	}
-	if r.Method != method && !(method == http.MethodGet && r.Method == http.MethodHead) {
-		h.Set("Allow", method)
-		writeError(w, http.StatusMethodNotAllowed, CodeMethodNotAllowed, r.URL.Path+" takes "+method)
-		return
-	}
-	handle(w, r, uid)
+	s.mux.ServeHTTP(w, r)
 }
 
-func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, uid uint32) {
-	body, err := readBody(w, r)
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
+	p, _ := localapi.PeerOf(r.Context())
+	uid := p.UID
+	body, e := localapi.ReadBody(w, r, verifyapi.MaxRequestBytes)
 	defer clear(body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("request body is larger than %d bytes", MaxRequestBytes))
-			return
-		}
-		writeError(w, http.StatusBadRequest, CodeBadRequest, "cannot read the request body")
+	if e != nil {
+		localapi.WriteError(w, e.Status, e.Code, e.Message)
 		return
 	}
 	raw, ok := tokenField(body)
 	defer clear(raw)
 	if !ok {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, `want a JSON object {"token": "<jwt>"}`)
+		localapi.WriteError(w, http.StatusBadRequest, verifyapi.CodeBadRequest, `want a JSON object {"token": "<jwt>"}`)
 		return
 	}
 	reason, t, gen, unusable := s.check(raw, time.Now())
 	outcome := slog.String("reason", string(reason))
 	if unusable != "" {
-		outcome = slog.String("error", CodeKeyUnavailable)
+		outcome = slog.String("error", verifyapi.CodeKeyUnavailable)
 	}
 	if t != nil {
 		s.log.Debug("verify", "peer_uid", uid, "kid", t.Kid, "iss", t.Iss, "sub", t.Sub, outcome, "generation", gen)
@@ -421,40 +272,10 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, uid uint32
 	}
 	if unusable != "" {
 		// Not a verdict: agents keep the token and ask again later.
-		writeError(w, http.StatusServiceUnavailable, CodeKeyUnavailable, unusable)
+		localapi.WriteError(w, http.StatusServiceUnavailable, verifyapi.CodeKeyUnavailable, unusable)
 		return
 	}
-	writeJSON(w, http.StatusOK, VerifyResponse{Reason: reason, Generation: gen})
-}
-
-// readBody reads at most MaxRequestBytes into one buffer, so the token is
-// not left behind in the discarded buffers of a growing read.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	lr := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
-	size := MaxRequestBytes
-	if r.ContentLength >= 0 && r.ContentLength < MaxRequestBytes {
-		size = int(r.ContentLength)
-	}
-	buf := make([]byte, size+1)
-	n, err := io.ReadFull(lr, buf)
-	switch {
-	case err == nil:
-		// Filled: more may follow, which is an error if it is over the
-		// limit (MaxBytesError) or if it disagrees with ContentLength.
-		var one [1]byte
-		m, err2 := lr.Read(one[:])
-		if m > 0 {
-			err2 = &http.MaxBytesError{Limit: MaxRequestBytes}
-		}
-		if err2 != io.EOF {
-			return buf, err2
-		}
-		return buf[:n], nil
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return buf[:n], nil
-	default:
-		return buf, err
-	}
+	localapi.WriteJSON(w, http.StatusOK, verifyapi.VerifyResponse{Reason: reason, Generation: gen})
 }
 
 // tokenField returns the bytes of the "token" string of a JSON object. A
@@ -527,18 +348,18 @@ func (s *Server) check(raw []byte, now time.Time) (r token.Reason, t *token.Toke
 	return token.Valid, t, gen, ""
 }
 
-func (s *Server) handleGeneration(w http.ResponseWriter, r *http.Request, uid uint32) {
-	writeJSON(w, http.StatusOK, GenerationResponse{Generation: s.Generation()})
+func (s *Server) handleGeneration(w http.ResponseWriter, r *http.Request) {
+	localapi.WriteJSON(w, http.StatusOK, verifyapi.GenerationResponse{Generation: s.Generation()})
 }
 
 // handleChanges is the long poll: it answers as soon as the generation is
 // not after, or when the poll times out, the client goes away or the server
 // stops, always with the current generation.
-func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request, uid uint32) {
+func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query().Get("after")
 	after, err := strconv.ParseUint(q, 10, 64)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, "want ?after=N, N the generation the client knows")
+		localapi.WriteError(w, http.StatusBadRequest, verifyapi.CodeBadRequest, "want ?after=N, N the generation the client knows")
 		return
 	}
 	s.mu.RLock()
@@ -555,21 +376,5 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request, uid uint3
 		case <-r.Context().Done():
 		}
 	}
-	writeJSON(w, http.StatusOK, GenerationResponse{Generation: s.Generation()})
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"code":"` + CodeInternal + `","message":"cannot encode the response"}`)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
-	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, ErrorResponse{Code: code, Message: msg})
+	localapi.WriteJSON(w, http.StatusOK, verifyapi.GenerationResponse{Generation: s.Generation()})
 }

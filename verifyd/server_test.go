@@ -14,8 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 func TestHostileRequests(t *testing.T) {
@@ -23,30 +25,30 @@ func TestHostileRequests(t *testing.T) {
 	ts := start(t, fast(f.dir), func(s *Server) { s.readHeaderTimeout = 300 * time.Millisecond })
 
 	t.Run("oversized body", func(t *testing.T) {
-		big := `{"token":"` + strings.Repeat("a", MaxRequestBytes) + `"}`
+		big := `{"token":"` + strings.Repeat("a", verifyapi.MaxRequestBytes) + `"}`
 		for _, body := range []any{big, strings.NewReader(big)} { // with Content-Length, and chunked
-			r := ts.do(t, http.MethodPost, PathVerify, body)
-			if r.status != http.StatusRequestEntityTooLarge || r.code(t) != CodeTooLarge {
+			r := ts.do(t, http.MethodPost, verifyapi.PathVerify, body)
+			if r.status != http.StatusRequestEntityTooLarge || r.code(t) != verifyapi.CodeTooLarge {
 				t.Fatalf("oversized body: %d %s", r.status, r.body)
 			}
 		}
 		// Exactly at the limit is read (and is a malformed token).
-		pad := MaxRequestBytes - len(`{"token":""}`)
-		r := ts.do(t, http.MethodPost, PathVerify, `{"token":"`+strings.Repeat("a", pad)+`"}`)
+		pad := verifyapi.MaxRequestBytes - len(`{"token":""}`)
+		r := ts.do(t, http.MethodPost, verifyapi.PathVerify, `{"token":"`+strings.Repeat("a", pad)+`"}`)
 		if r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"malformed"`)) {
 			t.Fatalf("body at the limit: %d %s", r.status, r.body)
 		}
 	})
 	t.Run("bad JSON", func(t *testing.T) {
 		for _, body := range []string{"", "{", "[]", `{"token":5}`, `{"token":""}`, `{"tok":"x"}`, "null", `"x"`, "\x00\xff"} {
-			r := ts.do(t, http.MethodPost, PathVerify, body)
-			if r.status != http.StatusBadRequest || r.code(t) != CodeBadRequest {
+			r := ts.do(t, http.MethodPost, verifyapi.PathVerify, body)
+			if r.status != http.StatusBadRequest || r.code(t) != verifyapi.CodeBadRequest {
 				t.Fatalf("body %q: %d %s", body, r.status, r.body)
 			}
 		}
 		// A string that is no token is a verdict, not a bad request.
 		for _, body := range []string{`{"token":"x.y.z"}`, `{"token":"\u0041.b.c"}`, `{"token":"a\nb"}`} {
-			r := ts.do(t, http.MethodPost, PathVerify, body)
+			r := ts.do(t, http.MethodPost, verifyapi.PathVerify, body)
 			if r.status != http.StatusOK || !bytes.Contains(r.body, []byte(`"reason":"malformed"`)) {
 				t.Fatalf("body %q: %d %s", body, r.status, r.body)
 			}
@@ -54,13 +56,13 @@ func TestHostileRequests(t *testing.T) {
 	})
 	t.Run("wrong method", func(t *testing.T) {
 		for _, c := range []struct{ method, path, allow string }{
-			{http.MethodGet, PathVerify, "POST"},
-			{http.MethodPut, PathVerify, "POST"},
-			{http.MethodPost, PathGeneration, "GET"},
-			{http.MethodDelete, PathChanges + "?after=1", "GET"},
+			{http.MethodGet, verifyapi.PathVerify, "POST"},
+			{http.MethodPut, verifyapi.PathVerify, "POST"},
+			{http.MethodPost, verifyapi.PathGeneration, "GET"},
+			{http.MethodDelete, verifyapi.PathChanges + "?after=1", "GET"},
 		} {
 			r := ts.do(t, c.method, c.path, nil)
-			if r.status != http.StatusMethodNotAllowed || r.code(t) != CodeMethodNotAllowed || r.header.Get("Allow") != c.allow {
+			if r.status != http.StatusMethodNotAllowed || r.code(t) != verifyapi.CodeMethodNotAllowed || r.header.Get("Allow") != c.allow {
 				t.Fatalf("%s %s: %d %v %s", c.method, c.path, r.status, r.header, r.body)
 			}
 		}
@@ -68,15 +70,15 @@ func TestHostileRequests(t *testing.T) {
 	t.Run("unknown path", func(t *testing.T) {
 		for _, p := range []string{"/", "/v1", "/v1/verify/", "/v2/verify", "/v1//verify", "/../v1/verify"} {
 			r := ts.do(t, http.MethodGet, p, nil)
-			if r.status != http.StatusNotFound || r.code(t) != CodeNotFound {
+			if r.status != http.StatusNotFound || r.code(t) != verifyapi.CodeNotFound {
 				t.Fatalf("%s: %d %s", p, r.status, r.body)
 			}
 		}
 	})
 	t.Run("bad after", func(t *testing.T) {
 		for _, q := range []string{"", "?after=", "?after=-1", "?after=x", "?after=99999999999999999999999"} {
-			r := ts.do(t, http.MethodGet, PathChanges+q, nil)
-			if r.status != http.StatusBadRequest || r.code(t) != CodeBadRequest {
+			r := ts.do(t, http.MethodGet, verifyapi.PathChanges+q, nil)
+			if r.status != http.StatusBadRequest || r.code(t) != verifyapi.CodeBadRequest {
 				t.Fatalf("%s: %d %s", q, r.status, r.body)
 			}
 		}
@@ -137,14 +139,14 @@ func TestRateLimit(t *testing.T) {
 	limited := 0
 	for range 1000 {
 		_, err := ts.client.Verify(ctx, f.tOldPool)
-		var se *ServerError
+		var se *verifyapi.ServerError
 		switch {
 		case err == nil:
-		case errors.As(err, &se) && errors.Is(err, ErrRateLimited):
-			if se.Status != http.StatusTooManyRequests || se.Code != CodeRateLimited || se.RetryAfter <= 0 {
+		case errors.As(err, &se) && errors.Is(err, verifyapi.ErrRateLimited):
+			if se.Status != http.StatusTooManyRequests || se.Code != verifyapi.CodeRateLimited || se.RetryAfter <= 0 {
 				t.Fatalf("rate-limited answer: %+v", se)
 			}
-			if errors.Is(err, ErrUnavailable) {
+			if errors.Is(err, verifyapi.ErrUnavailable) {
 				t.Fatal("a 429 must not read as unavailable")
 			}
 			limited++
@@ -153,8 +155,8 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 	elapsed := time.Since(began).Seconds()
-	if allowed := 1000 - limited; float64(allowed) > DefaultBurst+DefaultRate*elapsed+2 {
-		t.Fatalf("%d of 1000 requests allowed in %.2fs; the limit is %d + %v/s", allowed, elapsed, DefaultBurst, DefaultRate)
+	if allowed := 1000 - limited; float64(allowed) > config.DefaultVerifydBurst+config.DefaultVerifydRate*elapsed+2 {
+		t.Fatalf("%d of 1000 requests allowed in %.2fs; the limit is %d + %v/s", allowed, elapsed, config.DefaultVerifydBurst, config.DefaultVerifydRate)
 	}
 	if limited == 0 {
 		t.Fatal("no request was rate limited")
@@ -304,48 +306,9 @@ func TestShutdownAnswersPolls(t *testing.T) {
 	}
 }
 
-func TestClientUnavailable(t *testing.T) {
-	c := NewClient(sockDir(t) + "/none.sock")
-	if _, err := c.Verify(context.Background(), []byte("a.b.c")); !isUnavailable(err) {
-		t.Fatalf("Verify without a server: %v", err)
-	}
-	if _, err := c.Generation(context.Background()); !isUnavailable(err) {
-		t.Fatalf("Generation without a server: %v", err)
-	}
-	// Something that is not verifyd on the socket.
-	sock := sockDir(t) + "/other.sock"
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>") }))
-	if _, err := NewClient(sock).Generation(context.Background()); !isUnavailable(err) {
-		t.Fatalf("a non-verifyd server: %v", err)
-	}
-	// A 5xx is a ServerError that also reads as unavailable.
-	sock5 := sockDir(t) + "/503.sock"
-	l5, err := net.Listen("unix", sock5)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l5.Close()
-	go http.Serve(l5, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusServiceUnavailable, "stopping", "going away")
-	}))
-	_, err = NewClient(sock5).Verify(context.Background(), []byte("a.b.c"))
-	var se *ServerError
-	if !errors.As(err, &se) || se.Status != 503 || se.Code != "stopping" || !isUnavailable(err) || errors.Is(err, ErrRateLimited) {
-		t.Fatalf("503: %v", err)
-	}
-	if NewClient("").Socket() != DefaultSocket {
-		t.Fatal("NewClient(\"\") does not use DefaultSocket")
-	}
-}
-
 func TestVerifyBody(t *testing.T) {
 	for _, raw := range []string{"a.b.c", "x\"y", "\\", "<&>", "\n", "\xff"} {
-		b := verifyBody([]byte(raw))
+		b := verifyapi.VerifyBody([]byte(raw))
 		got, ok := tokenField(b)
 		if !ok || string(got) != strings.ToValidUTF8(raw, "\ufffd") {
 			t.Errorf("%q: body %s decodes to %q, %v", raw, b, got, ok)
@@ -361,7 +324,7 @@ func TestNoSecretsLeak(t *testing.T) {
 	ts := start(t, fast(f.dir), nil)
 	var answers bytes.Buffer
 	post := func(tok []byte) {
-		r := ts.do(t, http.MethodPost, PathVerify, verifyBody(tok))
+		r := ts.do(t, http.MethodPost, verifyapi.PathVerify, verifyapi.VerifyBody(tok))
 		answers.Write(r.body)
 		for k, v := range r.header {
 			answers.WriteString(k + strings.Join(v, ","))
@@ -374,7 +337,7 @@ func TestNoSecretsLeak(t *testing.T) {
 		post(tok[:len(tok)-1])              // malformed
 		post(bytes.ReplaceAll(tok, []byte("."), []byte("!")))
 	}
-	for _, p := range []string{PathGeneration, PathChanges + "?after=0", "/nope"} {
+	for _, p := range []string{verifyapi.PathGeneration, verifyapi.PathChanges + "?after=0", "/nope"} {
 		answers.Write(ts.do(t, http.MethodGet, p, nil).body)
 	}
 	// A rotation, so that key changes are logged too.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // A verifyd that cannot read a key cannot judge the tokens of its kid: it
@@ -73,8 +74,8 @@ func TestPoolReadableByOthers(t *testing.T) {
 		}
 	}
 	// The raw answer: 503 with the code, as the wire says.
-	r := ts.do(t, http.MethodPost, PathVerify, verifyBody(f.tOldPool))
-	if r.status != http.StatusServiceUnavailable || r.code(t) != CodeKeyUnavailable {
+	r := ts.do(t, http.MethodPost, verifyapi.PathVerify, verifyapi.VerifyBody(f.tOldPool))
+	if r.status != http.StatusServiceUnavailable || r.code(t) != verifyapi.CodeKeyUnavailable {
 		t.Fatalf("raw answer: %d %s", r.status, r.body)
 	}
 

@@ -5,11 +5,11 @@ import (
 	"fmt"
 
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // Verifyd asks the host's verifyd, which can read the pool's keys.
-type Verifyd struct{ Client *verifyd.Client }
+type Verifyd struct{ Client *verifyapi.Client }
 
 func (Verifyd) Name() string { return KeyVerifyd }
 

@@ -7,12 +7,7 @@ import (
 	"os"
 
 	"github.com/tokend/tokend/demo"
-	"github.com/tokend/tokend/verifyd"
 )
-
-func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return verifyd.Run(ctx, args, stdout, stderr)
-}
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {

@@ -23,7 +23,7 @@ import (
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // verifydProc is one `tokend verifyd` process run as root. Its password
@@ -115,7 +115,7 @@ func (v *verifydProc) start() {
 
 // generation asks verifyd for its key generation, as root.
 func (v *verifydProc) generation() (uint64, error) {
-	c := verifyd.NewClient(v.sock)
+	c := verifyapi.NewClient(v.sock)
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -28,7 +28,7 @@ import (
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // account is a local user.
@@ -404,7 +404,7 @@ func (b *bench) startVerifyd(key []byte) (*verifydProc, error) {
 	}
 	go func() { v.cmd.Wait(); close(v.done) }()
 	b.atExit(v.stop)
-	c := verifyd.NewClient(v.sock)
+	c := verifyapi.NewClient(v.sock)
 	defer c.Close()
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/tokend/tokend/verifyd"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // rotation starts an agent following verifyd and rotates the pool key
@@ -43,7 +43,7 @@ const rotationRuns = 5
 // baseline) and the stale tokens leaving the directory.
 func (b *bench) rotationLatency(a *agent, h *home) error {
 	const section = secRotation
-	c := verifyd.NewClient(b.verifyd.sock)
+	c := verifyapi.NewClient(b.verifyd.sock)
 	defer c.Close()
 	var gone, seen, fresh []time.Duration
 	for i := range rotationRuns {

@@ -1,15 +1,13 @@
-package verifyd
+package verifyapi
 
 import (
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/token"
 )
-
-// DefaultSocket is where verifyd listens and where agents look for it.
-const DefaultSocket = "/run/tokend/verify.sock"
 
 // Paths of the wire protocol (HTTP/JSON over the Unix socket).
 const (
@@ -18,18 +16,22 @@ const (
 	PathChanges    = "/v1/changes"
 )
 
-// MaxRequestBytes is the largest request body the server reads.
+// MaxRequestBytes is the largest request body verifyd reads.
 const MaxRequestBytes = 16 << 10
 
-// Error codes in [ErrorResponse].Code.
+// PollTimeout is how long GET /v1/changes waits for a change before it
+// answers with the current generation.
+const PollTimeout = 30 * time.Second
+
+// Error codes of error answers ({"code": ..., "message": ...}).
 const (
-	CodeBadRequest       = "bad-request"
-	CodeTooLarge         = "too-large"
+	CodeBadRequest       = localapi.CodeBadRequest
+	CodeTooLarge         = localapi.CodeTooLarge
 	CodeRateLimited      = "rate-limited"
-	CodeNotFound         = "not-found"
-	CodeMethodNotAllowed = "method-not-allowed"
-	CodeTooManyConns     = "too-many-connections"
-	CodeInternal         = "internal"
+	CodeNotFound         = localapi.CodeNotFound
+	CodeMethodNotAllowed = localapi.CodeMethodNotAllowed
+	CodeTooManyConns     = localapi.CodeTooManyConns
+	CodeInternal         = localapi.CodeInternal
 	// CodeKeyUnavailable (status 503) answers POST /v1/verify when verifyd
 	// cannot judge the token: the key file of its kid is there but cannot
 	// be used (owner, mode, type, empty, unreadable), its kid is POOL and
@@ -56,12 +58,6 @@ type VerifyResponse struct {
 // GenerationResponse answers GET /v1/generation and GET /v1/changes.
 type GenerationResponse struct {
 	Generation uint64 `json:"generation"`
-}
-
-// ErrorResponse is the body of every non-2xx response.
-type ErrorResponse struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
 }
 
 // ErrUnavailable means verifyd could not be asked or could not judge: the

@@ -1,17 +1,16 @@
-package verifyd
+package verifyapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/localapi"
 )
 
 // Client timeouts, applied when the caller's context has no earlier
@@ -29,35 +28,23 @@ const (
 // Client asks verifyd over its Unix socket. It is safe for concurrent use;
 // connections are kept open and reused.
 type Client struct {
-	socket string
-	hc     *http.Client
+	c *localapi.Client
 }
 
-// NewClient returns a client of the verifyd listening on socket
-// ("" means DefaultSocket). It does not connect until the first call.
+// NewClient returns a client of the verifyd listening on socket ("" means
+// config.DefaultVerifyd). It does not connect until the first call.
 func NewClient(socket string) *Client {
 	if socket == "" {
-		socket = DefaultSocket
+		socket = config.DefaultVerifyd
 	}
-	var d net.Dialer
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableCompression:  true,
-		MaxIdleConns:        4,
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     30 * time.Second,
-		ForceAttemptHTTP2:   false,
-	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+	return &Client{c: localapi.NewClient(socket)}
 }
 
 // Socket is the path the client connects to.
-func (c *Client) Socket() string { return c.socket }
+func (c *Client) Socket() string { return c.c.Socket() }
 
 // Close closes idle connections. The client stays usable.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() { c.c.Close() }
 
 // Verify asks whether raw (one token, no surrounding whitespace) has a good
 // signature with the current key of its kid and has not expired. Only a nil
@@ -72,7 +59,7 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // The request is built in a buffer that is zeroed afterwards; raw itself
 // is not modified.
 func (c *Client) Verify(ctx context.Context, raw []byte) (VerifyResponse, error) {
-	body := verifyBody(raw)
+	body := VerifyBody(raw)
 	defer clear(body)
 	var resp VerifyResponse
 	err := c.do(ctx, RequestTimeout, http.MethodPost, PathVerify, body, &resp)
@@ -98,10 +85,10 @@ func (c *Client) WaitChange(ctx context.Context, after uint64) (uint64, error) {
 	return resp.Generation, err
 }
 
-// verifyBody encodes {"token": raw} without making a string of raw. Bytes
-// that JSON would have to escape (never in a well-formed token) go through
-// encoding/json instead.
-func verifyBody(raw []byte) []byte {
+// VerifyBody encodes the request {"token": raw} without making a string of
+// raw, so the caller can zero it. Bytes that JSON would have to escape
+// (never in a well-formed token) go through encoding/json instead.
+func VerifyBody(raw []byte) []byte {
 	for _, b := range raw {
 		if b < 0x20 || b >= 0x7f || b == '"' || b == '\\' || b == '<' || b == '>' || b == '&' {
 			out, _ := json.Marshal(VerifyRequest{Token: string(raw)})
@@ -118,51 +105,21 @@ func verifyBody(raw []byte) []byte {
 func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, body []byte, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://verifyd"+path, rd)
+	resp, err := c.c.Do(ctx, method, path, body)
 	if err != nil {
-		return fmt.Errorf("verifyd: %w", err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w (%s): %w", ErrUnavailable, c.socket, unwrapURL(err))
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-	if err != nil {
-		return fmt.Errorf("%w (%s): reading the answer: %w", ErrUnavailable, c.socket, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		se := &ServerError{Status: resp.StatusCode}
-		var er ErrorResponse
-		if json.Unmarshal(data, &er) == nil && er.Code != "" {
-			se.Code, se.Message = er.Code, er.Message
-		} else {
-			se.Code = http.StatusText(resp.StatusCode)
+		var e *localapi.Error
+		if !errors.As(err, &e) {
+			return fmt.Errorf("%w (%s): %w", ErrUnavailable, c.Socket(), err)
 		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-			se.RetryAfter = time.Duration(s) * time.Second
+		se := &ServerError{Status: e.Status, Code: e.Code, Message: e.Message, RetryAfter: e.RetryAfter}
+		if se.Code == "" {
+			se.Code = http.StatusText(e.Status)
 		}
 		return se
 	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%w (%s): the answer is not verifyd's: %v", ErrUnavailable, c.socket, err)
+	defer resp.Body.Close()
+	if err := localapi.ReadJSON(resp, maxResponseBytes, out); err != nil {
+		return fmt.Errorf("%w (%s): the answer is not verifyd's: %w", ErrUnavailable, c.Socket(), err)
 	}
 	return nil
-}
-
-// unwrapURL drops *url.Error, whose text repeats the method and the dummy
-// URL.
-func unwrapURL(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Err != nil {
-		return ue.Err
-	}
-	return err
 }

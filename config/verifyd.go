@@ -1,0 +1,104 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+)
+
+// verifyd's configuration: a file of its own, since verifyd runs as root
+// and reads nothing of the users'. It goes through the same loader as the
+// agent's, with the same strict keys and suggestions.
+
+// VerifydFile is verifyd's configuration file, read when --config is not
+// given and it exists. Tests may redirect it.
+var VerifydFile = "/etc/tokend/verifyd.toml"
+
+// verifyd's defaults.
+const (
+	// DefaultPasswordDir is HTCondor's SEC_PASSWORD_DIRECTORY when
+	// condor_config_val does not say otherwise.
+	DefaultPasswordDir = "/etc/condor/passwords.d"
+	// DefaultVerifydRate and DefaultVerifydBurst bound each peer uid's
+	// requests: Burst at once, then Rate per second.
+	DefaultVerifydRate  = 50.0
+	DefaultVerifydBurst = 100
+)
+
+// Verifyd is verifyd's configuration.
+type Verifyd struct {
+	Socket      string  `toml:"socket"`       // where to listen unless socket-activated
+	PasswordDir string  `toml:"password_dir"` // "" = SEC_PASSWORD_DIRECTORY from condor_config_val, else DefaultPasswordDir
+	PoolKey     string  `toml:"pool_key"`     // "" = SEC_TOKEN_POOL_SIGNING_KEY_FILE (when password_dir is ""), else <password_dir>/POOL
+	KeyOwner    int     `toml:"key_owner"`    // uid that must own key files; 0 = verifyd's own, -1 = no check
+	Rate        float64 `toml:"rate"`         // requests per second per peer uid, after Burst
+	Burst       int     `toml:"burst"`        // requests at once per peer uid
+	LogLevel    string  `toml:"log_level"`    // debug | info | warn | error
+}
+
+// DefaultVerifydConfig returns verifyd's built-in configuration.
+func DefaultVerifydConfig() Verifyd {
+	return Verifyd{
+		Socket:   DefaultVerifyd,
+		Rate:     DefaultVerifydRate,
+		Burst:    DefaultVerifydBurst,
+		LogLevel: "info",
+	}
+}
+
+// LoadVerifyd reads verifyd's configuration over the defaults: path, which
+// must exist, or VerifydFile when path is "" and that file exists. Errors
+// are those of Load: a parse error names the line, an unknown key comes
+// with the key meant, a bad value names the file that set it.
+func LoadVerifyd(path string) (Verifyd, error) {
+	cfg := DefaultVerifydConfig()
+	src := map[string]string{}
+	optional := path == ""
+	if optional {
+		path = VerifydFile
+	}
+	if err := decodeFile(path, &cfg, src, optional); err != nil {
+		return Verifyd{}, err
+	}
+	if err := inFiles(cfg.check(), src); err != nil {
+		return Verifyd{}, err
+	}
+	return cfg, nil
+}
+
+// Check validates every value, as [Config.Check] does.
+func (c *Verifyd) Check() error { return inFiles(c.check(), nil) }
+
+func (c *Verifyd) check() []*KeyError {
+	var errs []*KeyError
+	bad := func(key, value, want string) {
+		errs = append(errs, &KeyError{Key: key, Value: value, Want: want})
+	}
+	checkPath(bad, "socket", c.Socket)
+	checkPath(bad, "password_dir", c.PasswordDir)
+	checkPath(bad, "pool_key", c.PoolKey)
+	if c.KeyOwner < -1 {
+		bad("key_owner", fmt.Sprint(c.KeyOwner), "want a uid, 0 for verifyd's own or -1 for no owner check")
+	}
+	if !(c.Rate > 0) || math.IsInf(c.Rate, 0) {
+		bad("rate", fmt.Sprint(c.Rate), "want a positive number of requests per second")
+	}
+	if c.Burst < 1 {
+		bad("burst", fmt.Sprint(c.Burst), "want 1 or more requests")
+	}
+	if _, err := c.Level(); err != nil {
+		bad("log_level", quote(c.LogLevel), "want a log level: debug, info, warn or error")
+	}
+	return errs
+}
+
+// Level is LogLevel as a slog level.
+func (c *Verifyd) Level() (slog.Level, error) {
+	var l slog.Level
+	if c.LogLevel == "" {
+		return l, errors.New("empty log level")
+	}
+	err := l.UnmarshalText([]byte(c.LogLevel))
+	return l, err
+}
