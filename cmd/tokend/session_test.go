@@ -99,6 +99,11 @@ func newPAMAs(t *testing.T, u testenv.User, pamOptions string, settings map[stri
 // on one machine would otherwise share the test user's agent.
 func exclusive(t *testing.T) {
 	t.Helper()
+	// A test may call it more than once (flock would wait for itself).
+	if _, held := exclusiveHeld.LoadOrStore(t, true); held {
+		return
+	}
+	t.Cleanup(func() { exclusiveHeld.Delete(t) })
 	// A fixed path: test runs may have different TMPDIRs.
 	path := "/run/lock/tokend-tests-machine.lock"
 	if _, err := os.Stat("/run/lock"); err != nil {
@@ -128,6 +133,9 @@ func exclusive(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// exclusiveHeld holds the tests that hold the machine lock.
+var exclusiveHeld sync.Map
 
 func randomHex(n int) string {
 	b := make([]byte, n)
