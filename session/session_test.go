@@ -351,7 +351,8 @@ func TestOpenDuringWipeStartsAFreshAgent(t *testing.T) {
 }
 
 // Become turns the hook into the user for good: every id, the user's
-// groups only, no way back to root, a clean environment, and the runtime
+// groups only, no way back to root, a clean environment (with what the
+// launcher carried for the agent, under its own name), and the runtime
 // directory made.
 func TestBecome(t *testing.T) {
 	requireRoot(t)
@@ -364,7 +365,8 @@ func TestBecome(t *testing.T) {
 	cmd := exec.Command(exe)
 	cmd.Env = []string{
 		"TOKEND_TEST_BECOME=" + u.Name, "TOKEND_TEST_RUNTIME_ROOT=" + root,
-		"PATH=/tmp/evil", "LD_PRELOAD=/tmp/evil.so", "CONDOR_CONFIG=/etc/condor/condor_config", "HOME=/root",
+		"PATH=/tmp/evil", "LD_PRELOAD=/tmp/evil.so", "CONDOR_CONFIG=/not/carried", "HOME=/root",
+		"TOKEND_USERENV_CONDOR_CONFIG=/etc/condor/condor_config",
 	}
 	cmd.Dir = t.TempDir()
 	out, err := cmd.Output()
