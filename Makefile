@@ -3,6 +3,8 @@
 
 GO      ?= go
 BIN     := bin/tokend
+# The program on the PAM line, installed beside tokend (cmd/tokend-pam).
+PAMBIN  ?= $(dir $(BIN))tokend-pam
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Fuzzers run this long each in `make test`; longer with `make fuzz FUZZTIME=5m`.
@@ -10,11 +12,11 @@ FUZZTIME ?= 10s
 
 .PHONY: build demo test setup fuzz bench clean install deb rpm
 
-# `make install`: the binary (built first with `make build`), the units, the
+# `make install`: the binaries (built first with `make build`), the units, the
 # PAM snippet, the default /etc/tokend/config.toml (kept if present), the man
 # page, bash completion, the docs and the license. DESTDIR stages;
 # PREFIX=/usr for a system package. Units and the PAM snippet name
-# $(BINDIR)/tokend.
+# $(BINDIR)/tokend and $(BINDIR)/tokend-pam.
 PREFIX      ?= /usr/local
 BINDIR      ?= $(PREFIX)/bin
 DATADIR     ?= $(PREFIX)/share
@@ -58,8 +60,13 @@ define pkg-changelog
 	  > $(1)/.maint/changelog.yml
 endef
 
+# tokend is linked dynamically (cgo): user lookups go through NSS (SSSD,
+# LDAP), so building it needs a C compiler. tokend-pam, which pam_exec runs
+# as root with an environment users may set, is static (and so not PIE):
+# no dynamic loader reads that environment.
 build:
-	$(GO) build -trimpath $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tokend
+	CGO_ENABLED=1 $(GO) build -trimpath $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tokend
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(PAMBIN) ./cmd/tokend-pam
 
 demo: build
 	./$(BIN) demo
@@ -91,10 +98,11 @@ clean:
 	rm -rf bin dist
 
 install:
-	@test -x $(BIN) || { echo "$(BIN) is missing: run make build first (as yourself), then sudo make install" >&2; exit 1; }
+	@for f in $(BIN) $(PAMBIN); do test -x $$f || { echo "$$f is missing: run make build first (as yourself), then sudo make install" >&2; exit 1; }; done
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(USERUNITDIR) $(DESTDIR)$(DATADIR)/tokend \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/tokend
 	$(INSTALL) -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/tokend
+	$(INSTALL) -m 0755 $(PAMBIN) $(DESTDIR)$(BINDIR)/tokend-pam
 	for f in tokend-verifyd.service tokend-verifyd.socket; do \
 	  sed 's|/usr/bin/tokend|$(BINDIR)/tokend|g' systemd/$$f > $(DESTDIR)$(UNITDIR)/$$f && chmod 0644 $(DESTDIR)$(UNITDIR)/$$f || exit 1; \
 	done
@@ -122,7 +130,7 @@ deb rpm: BUILDFLAGS += -buildmode=pie
 
 deb: build
 	rm -rf $(DEBROOT)
-	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DEBROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) >/dev/null
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DEBROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) PAMBIN=$(abspath $(PAMBIN)) >/dev/null
 	$(INSTALL) -D -m 0644 packaging/pam-configs/tokend $(DEBROOT)/usr/share/pam-configs/tokend
 	$(INSTALL) -D -m 0755 packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm -t $(DEBROOT)/.maint
 	$(call pkg-changelog,$(DEBROOT),$(DEB_VERSION))
@@ -142,7 +150,7 @@ deb: build
 # (rpmlint does that: see TestRPMPackage for how CI runs it).
 rpm: build
 	rm -rf $(RPMROOT)
-	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(RPMROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) >/dev/null
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(RPMROOT)) PREFIX=/usr BIN=$(abspath $(BIN)) PAMBIN=$(abspath $(PAMBIN)) >/dev/null
 	$(INSTALL) -D -m 0644 LICENSE $(RPMROOT)/usr/share/licenses/tokend/LICENSE
 	$(INSTALL) -D -m 0644 packaging/rpm/post packaging/rpm/preun packaging/rpm/postun -t $(RPMROOT)/.maint
 	$(call pkg-changelog,$(RPMROOT),$(RPM_VERSION)-1)

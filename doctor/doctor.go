@@ -80,6 +80,11 @@ func Run(ctx context.Context, o Options) []Check {
 	add(condorDir(dir))
 	add(verifydCheck(ctx, cfg))
 	add(memlock(st))
+	if os.Geteuid() == 0 {
+		if c, ok := pamHook(PAMDir); ok {
+			add(c)
+		}
+	}
 	return out
 }
 

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/tokend/tokend/session/pamenv"
 )
 
 // RuntimeRoot holds the users' runtime directories, as logind makes them.
@@ -19,11 +21,6 @@ const RuntimeRoot = "/run/user"
 // user: pam_exec passes none, and the fetch commands (condor_token_fetch)
 // and fusermount3 live here. Elsewhere, name them in fetch.command.
 const DefaultPath = "/usr/local/bin:/usr/bin:/bin"
-
-// passedEnv are the variables of the PAM environment passed on to the
-// user's agent: HTCondor's configuration and the locale. Everything else is
-// dropped; the agent runs as the user, so these need no trust.
-var passedEnv = []string{"CONDOR_CONFIG", "LANG", "LC_ALL", "TZ"}
 
 // ErrRoot means the PAM user is root: tokend runs no agent for root.
 var ErrRoot = errors.New("tokend runs no agent for root")
@@ -103,18 +100,6 @@ func EnsureRuntimeDir(root string, a Account) (string, error) {
 	return dir, nil
 }
 
-// LastEnv returns the value of the last name=value in env, "" when none.
-// pam_exec appends PAM_USER, PAM_TYPE and the other PAM items after the PAM
-// environment, which the user may influence: the last one is pam_exec's.
-func LastEnv(env []string, name string) string {
-	for i := len(env) - 1; i >= 0; i-- {
-		if v, ok := strings.CutPrefix(env[i], name+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
 // runtimeRoot is RuntimeRoot; tests point it elsewhere.
 var runtimeRoot = RuntimeRoot
 
@@ -124,9 +109,11 @@ var runtimeRoot = RuntimeRoot
 // uid on every thread (so no capability is left and root cannot come back),
 // a clean environment (userEnv), / as the working directory, umask 077.
 // Everything after it — Open, Close, the agent they start — runs as the
-// user. It fails with ErrRoot for root, and on any doubt that the drop
-// took; the caller must then exit.
-func Become(name, action string, pamEnv []string) (Account, error) {
+// user. env is the hook's environment, as the launcher (tokend-pam) built
+// it: the user's variables it carried are put back here, once the process
+// is the user. It fails with ErrRoot for root, and on any doubt that the
+// drop took; the caller must then exit.
+func Become(name, action string, env []string) (Account, error) {
 	if os.Geteuid() != 0 {
 		return Account{}, errors.New("the PAM hook must run as root: it starts the agent as the user")
 	}
@@ -149,9 +136,8 @@ func Become(name, action string, pamEnv []string) (Account, error) {
 	if err := dropPrivileges(a); err != nil {
 		return a, fmt.Errorf("could not become %s: %w", a.Name, err)
 	}
-	env := userEnv(a, runtime, pamEnv)
 	os.Clearenv()
-	for _, kv := range env {
+	for _, kv := range userEnv(a, runtime, env) {
 		k, v, _ := strings.Cut(kv, "=")
 		os.Setenv(k, v)
 	}
@@ -226,29 +212,16 @@ func checkThreads(a Account, groups []int) error {
 	return nil
 }
 
-// userEnv is the environment after Become: who the user is, where their runtime
-// directory is, a fixed PATH, and the few variables of the PAM environment
-// that HTCondor needs.
-func userEnv(a Account, runtime string, pamEnv []string) []string {
-	env := []string{
+// userEnv is the environment after Become: who the user is, where their
+// runtime directory is, a fixed PATH, and the variables of the PAM
+// environment the launcher carried (pamenv.Carried: HTCondor's and the
+// locale).
+func userEnv(a Account, runtime string, env []string) []string {
+	return append([]string{
 		"HOME=" + a.Home,
 		"USER=" + a.Name,
 		"LOGNAME=" + a.Name,
 		"PATH=" + DefaultPath,
 		"XDG_RUNTIME_DIR=" + runtime,
-	}
-	for _, name := range passedEnv {
-		if v := LastEnv(pamEnv, name); v != "" {
-			env = append(env, name+"="+v)
-		}
-	}
-	seen := map[string]bool{}
-	for i := len(pamEnv) - 1; i >= 0; i-- {
-		name, _, ok := strings.Cut(pamEnv[i], "=")
-		if ok && strings.HasPrefix(name, "_CONDOR_") && !seen[name] {
-			seen[name] = true
-			env = append(env, pamEnv[i])
-		}
-	}
-	return env
+	}, pamenv.Carried(env)...)
 }

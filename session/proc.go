@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/internal/logsafe"
 )
 
 // withLock runs f holding an exclusive lock on the file at path, waiting
@@ -124,7 +126,8 @@ func waitPidfd(ctx context.Context, fd int) error {
 	}
 }
 
-// tail returns the last lines of a log file (at most 4 KiB), indented.
+// tail returns the last lines of a log file (at most 4 KiB), indented, each
+// escaped (logsafe.Text): the file is the user's, and the root hook logs it.
 func tail(path string, lines int) string {
 	f, err := os.Open(filepath.Clean(path))
 	if err != nil {
@@ -142,6 +145,9 @@ func tail(path string, lines int) string {
 	}
 	if len(all) == 1 && all[0] == "" {
 		return "  (empty)"
+	}
+	for i, l := range all {
+		all[i] = logsafe.Text(l)
 	}
 	return "  " + strings.Join(all, "\n  ")
 }

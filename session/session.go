@@ -3,7 +3,9 @@
 // and logout.
 //
 // The hook runs twice per login, as root: once with PAM_TYPE=open_session,
-// once with PAM_TYPE=close_session. Become (the root side) does only what
+// once with PAM_TYPE=close_session. pam_exec runs the static launcher
+// tokend-pam (cmd/tokend-pam, package pamenv), which runs `tokend session`
+// with an environment of its own. Become (the root side) does only what
 // needs root — it looks up the PAM user and makes sure /run/user/UID exists
 // — and then turns the process into that user for good (groups, gid, uid,
 // a clean environment), so that nothing after it, the agent least of all,
@@ -42,8 +44,8 @@
 // pam_exec runs it (as root, from a process that stays alive between the
 // two, since the session is tied to the hook's parent):
 //
-//	PAM_TYPE=open_session  PAM_USER=alice tokend session   # returns once the session token is usable
-//	PAM_TYPE=close_session PAM_USER=alice tokend session   # returns once the agent has exited and the mount is gone
+//	PAM_TYPE=open_session  PAM_USER=alice tokend-pam   # returns once the session token is usable
+//	PAM_TYPE=close_session PAM_USER=alice tokend-pam   # returns once the agent has exited and the mount is gone
 //
 // Open's time includes the fetch; the agent logs the fetch's own time
 // ("token fetched ... took=").
@@ -83,5 +85,5 @@ func ActionFor(pamType string) (string, error) {
 	case "":
 		return "", errors.New("no action: give open or close, or run from pam_exec (which sets PAM_TYPE)")
 	}
-	return "", fmt.Errorf("PAM_TYPE=%s: %w (`session optional pam_exec.so /usr/bin/tokend session`)", pamType, ErrNotForPAMType)
+	return "", fmt.Errorf("PAM_TYPE=%s: %w (`session optional pam_exec.so /usr/bin/tokend-pam`)", pamType, ErrNotForPAMType)
 }

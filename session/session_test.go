@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/session/pamenv"
 )
 
 func TestActionFor(t *testing.T) {
@@ -37,19 +38,9 @@ func TestActionFor(t *testing.T) {
 	}
 }
 
-// pam_exec appends its PAM items after the PAM environment, which a user
-// may influence: the last value is the one to trust.
-func TestLastEnv(t *testing.T) {
-	env := []string{"PAM_USER=root", "PATH=/bin", "PAM_USERX=no", "PAM_USER=alice", "EMPTY="}
-	for name, want := range map[string]string{"PAM_USER": "alice", "PATH": "/bin", "EMPTY": "", "MISSING": "", "PAM_USERX": "no"} {
-		if got := LastEnv(env, name); got != want {
-			t.Errorf("LastEnv(%s) = %q, want %q", name, got, want)
-		}
-	}
-}
-
 // The user side gets who they are, a fixed PATH, its runtime directory, and
-// only HTCondor's variables and the locale from the PAM environment.
+// only what the launcher carried from the PAM environment: HTCondor's
+// variables and the locale.
 func TestUserEnv(t *testing.T) {
 	a := Account{Name: "alice", UID: 1234, GID: 1234, Home: "/home/alice"}
 	pam := []string{
@@ -57,7 +48,11 @@ func TestUserEnv(t *testing.T) {
 		"_CONDOR_SEC_TOKEN_DIRECTORY=/scratch/t", "XDG_RUNTIME_DIR=/tmp/r", "CONDOR_CONFIG=/etc/condor/condor_config",
 		"LANG=C.UTF-8", "PAM_USER=alice",
 	}
-	got := userEnv(a, "/run/user/1234", pam)
+	launched, err := pamenv.Launch(pam)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := userEnv(a, "/run/user/1234", append(launched, "CONDOR_CONFIG=/not/from/the/launcher"))
 	want := []string{
 		"HOME=/home/alice", "USER=alice", "LOGNAME=alice", "PATH=" + DefaultPath, "XDG_RUNTIME_DIR=/run/user/1234",
 		"CONDOR_CONFIG=/etc/condor/condor_config", "LANG=C.UTF-8", "_CONDOR_SEC_TOKEN_DIRECTORY=/scratch/t",
@@ -349,7 +344,8 @@ func TestOpenDuringWipeStartsAFreshAgent(t *testing.T) {
 }
 
 // Become turns the hook into the user for good: every id, the user's
-// groups only, no way back to root, a clean environment, and the runtime
+// groups only, no way back to root, a clean environment (with what the
+// launcher carried for the agent, under its own name), and the runtime
 // directory made.
 func TestBecome(t *testing.T) {
 	testenv.RequireRoot(t, "it creates directories owned by other users")
@@ -362,7 +358,8 @@ func TestBecome(t *testing.T) {
 	cmd := exec.Command(exe)
 	cmd.Env = []string{
 		"TOKEND_TEST_BECOME=" + u.Name, "TOKEND_TEST_RUNTIME_ROOT=" + root,
-		"PATH=/tmp/evil", "LD_PRELOAD=/tmp/evil.so", "CONDOR_CONFIG=/etc/condor/condor_config", "HOME=/root",
+		"PATH=/tmp/evil", "LD_PRELOAD=/tmp/evil.so", "CONDOR_CONFIG=/not/carried", "HOME=/root",
+		"TOKEND_USERENV_CONDOR_CONFIG=/etc/condor/condor_config",
 	}
 	cmd.Dir = t.TempDir()
 	out, err := cmd.Output()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/keywatch"
+	"github.com/tokend/tokend/internal/safepath"
 	"github.com/tokend/tokend/token"
 )
 
@@ -66,8 +67,15 @@ func (s *Server) readKeys() (keySet, error) {
 		ks.unusable[kid] = msg
 		refuse(path, kid, msg)
 	}
+	trust := safepath.Condor(s.owner)
 	load := func(path, kid string) {
-		file, err := token.ReadKeyFile(path, s.owner)
+		// HTCondor's safe-path rule first: a symlink is followed only
+		// through what root or condor alone can change.
+		resolved, err := safepath.File(path, trust)
+		var file []byte
+		if err == nil {
+			file, err = token.ReadKeyFile(resolved, s.owner)
+		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && kid != token.PoolKeyName:
 			return // removed since it was listed: an unknown kid

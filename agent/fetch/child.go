@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tokend/tokend/internal/logsafe"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )
@@ -185,7 +186,7 @@ func (t *tail) Write(p []byte) (int, error) {
 
 // message returns the captured stderr fit for an Error and zeroes the
 // buffer: tokens redacted, trimmed, at most maxMessage bytes (the end, where
-// the reason usually is), valid UTF-8.
+// the reason usually is), then escaped onto one line (logsafe.Text).
 func (t *tail) message() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -202,7 +203,7 @@ func (t *tail) message() string {
 	s := redact(b)
 	clear(t.buf)
 	t.buf = nil
-	return shorten(s)
+	return logsafe.Text(shorten(s))
 }
 
 // Anything that looks like a JWT or a piece of one: three base64url
@@ -217,7 +218,7 @@ func redact(b []byte) string {
 
 // shorten trims s and keeps at most maxMessage bytes of its end.
 func shorten(s string) string {
-	s = strings.TrimSpace(strings.ToValidUTF8(s, "\uFFFD"))
+	s = strings.TrimSpace(s)
 	if len(s) <= maxMessage {
 		return s
 	}

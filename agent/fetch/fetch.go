@@ -36,7 +36,7 @@ import (
 const (
 	maxOutput  = 64 << 10 // bytes of stdout kept
 	maxStderr  = 8 << 10  // bytes of stderr kept (the end)
-	maxMessage = 1 << 10  // bytes of stderr put into an Error
+	maxMessage = 400      // bytes of stderr put into an Error, before escaping (logsafe.Max after)
 )
 
 // waitDelay bounds how long a child's output may stay open after the child
@@ -201,8 +201,10 @@ func defaultIdentity(o Options) (string, error) {
 type Error struct {
 	Method  string // exec | request | local
 	Command string // program name only (no args); "" for local
-	// Message is the tool's stderr message, trimmed, at most 1 KiB (the
-	// end of it), with anything that looks like a token redacted.
+	// Message is the tool's stderr message, trimmed, the end of it, with
+	// anything that looks like a token redacted, on one line of at most
+	// logsafe.Max bytes (control characters and newlines escaped: it
+	// reaches the agent's log and the root PAM hook's).
 	Message string
 	Timeout bool
 	Err     error // underlying cause (exit status, context, ...)

@@ -123,8 +123,9 @@ func oneToken(out []byte) (*secmem.Buffer, error) {
 }
 
 // openPTY returns a pseudo-terminal: master for reading (pollable, so a read
-// deadline works) and tty for the child's stdout, with echo off and output
-// passed through as written.
+// deadline works) and tty for the child's stdout, with echo off, output
+// passed through as written, and mode 0600 (devpts makes it writable by
+// group tty, so that anyone's write(1) could reach it).
 func openPTY() (master, tty *os.File, err error) {
 	p, t, err := pty.Open()
 	if err != nil {
@@ -136,6 +137,9 @@ func openPTY() (master, tty *os.File, err error) {
 		return nil, nil, fmt.Errorf("cannot set up a pseudo-terminal: %w", err)
 	}
 	fd := int(t.Fd())
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return fail(err)
+	}
 	tio, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
 		return fail(err)

@@ -185,3 +185,21 @@ func TestRequestRefusesKey(t *testing.T) {
 		t.Errorf("New: %v, want a refusal of key", err)
 	}
 }
+
+// The request tool's terminal is the agent's user's alone: devpts makes it
+// writable by group tty.
+func TestPTYPrivate(t *testing.T) {
+	master, tty, err := openPTY()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	defer tty.Close()
+	st, err := tty.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := st.Mode().Perm(); perm != 0o600 {
+		t.Fatalf("%s: mode %04o, want 0600", tty.Name(), perm)
+	}
+}

@@ -3,6 +3,8 @@ package fetch
 import (
 	"strings"
 	"testing"
+
+	"github.com/tokend/tokend/internal/logsafe"
 )
 
 // A token cut in half where stderr's tail begins would be too short to
@@ -20,5 +22,21 @@ func TestTailDropsACutLine(t *testing.T) {
 		if !strings.Contains(msg, "SECMAN:2007") {
 			t.Fatalf("lead %d: the message lost HTCondor's error: %q", lead, msg)
 		}
+	}
+}
+
+// A fetch command's stderr cannot forge log lines: newlines and control
+// characters come out escaped, on one line of bounded length.
+func TestTailMessageOneLine(t *testing.T) {
+	var tl tail
+	tl.Write([]byte("Failed to fetch\nNov 30 12:00:00 host sshd[1]: Accepted password for root\x1b[2K\r\n"))
+	msg := tl.message()
+	if want := `Failed to fetch\nNov 30 12:00:00 host sshd[1]: Accepted password for root\x1b[2K`; msg != want {
+		t.Fatalf("message %q, want %q", msg, want)
+	}
+	tl.Write([]byte(strings.Repeat("error\n", 1000)))
+	msg = tl.message()
+	if len(msg) > logsafe.Max || strings.ContainsAny(msg, "\n\r") || !strings.HasSuffix(msg, `error`) {
+		t.Fatalf("a long stderr gave %d bytes: %q", len(msg), msg)
 	}
 }

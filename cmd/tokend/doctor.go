@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/doctor"
+	"github.com/tokend/tokend/secmem"
 )
 
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -18,6 +19,11 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	asJSON := fl.Bool("json", false, "print JSON for scripts")
 	if err := fl.Parse(args); err != nil || fl.NArg() > 0 {
 		return exitUsage
+	}
+	// The doctor reads the tokens the tools would use, as the agent does:
+	// no core dump or debugger of this process may copy them.
+	if err := secmem.Harden(); err != nil {
+		fmt.Fprintf(stderr, "tokend doctor: warning: %v\n", err)
 	}
 	checks := doctor.Run(ctx, doctor.Options{ConfigFile: config.FileOverride(*configFile), Socket: *socket})
 	if *asJSON {

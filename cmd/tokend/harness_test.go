@@ -49,8 +49,13 @@ type env struct {
 // (dotted TOML keys to TOML values).
 func newEnv(t *testing.T, config map[string]string) *env {
 	t.Helper()
+	return newEnvAs(t, testenv.Lookup(t, testenv.UserName), config)
+}
+
+// newEnvAs is newEnv for another user.
+func newEnvAs(t *testing.T, u testenv.User, config map[string]string) *env {
+	t.Helper()
 	testenv.RequireFUSE(t)
-	u := testenv.Lookup(t, testenv.UserName)
 	e := &env{t: t, u: u, bin: testenv.Build(t, "./cmd/tokend"), simBin: testenv.Build(t, "./internal/testenv/condorsim")}
 	e.work = testenv.Dir(t, u)
 	e.keys = filepath.Join(e.work, "keys")

@@ -64,10 +64,12 @@ func TestMakeInstall(t *testing.T) {
 		t.Fatal("make is missing: apt-get install -y make")
 	}
 	bin := testenv.Build(t, "./cmd/tokend")
+	testenv.BuildStatic(t, "./cmd/tokend-pam") // beside it, where make install looks
 	dest := t.TempDir()
 	out := runMake(t, "install", "DESTDIR="+dest, "BIN="+bin)
 	want := map[string]os.FileMode{
 		"usr/local/bin/tokend":                                0o755,
+		"usr/local/bin/tokend-pam":                            0o755,
 		"usr/local/lib/systemd/system/tokend-verifyd.service": 0o644,
 		"usr/local/lib/systemd/system/tokend-verifyd.socket":  0o644,
 		"usr/local/lib/systemd/user/tokend.service":           0o644,
@@ -97,10 +99,14 @@ func TestMakeInstall(t *testing.T) {
 	if len(got) != len(want) {
 		t.Errorf("make install put %d files, want %d: %v", len(got), len(want), got)
 	}
-	for _, f := range []string{"usr/local/lib/systemd/user/tokend.service", "usr/local/lib/systemd/system/tokend-verifyd.service", "usr/local/share/tokend/pam-session"} {
+	for f, name := range map[string]string{
+		"usr/local/lib/systemd/user/tokend.service":           "/usr/local/bin/tokend ",
+		"usr/local/lib/systemd/system/tokend-verifyd.service": "/usr/local/bin/tokend ",
+		"usr/local/share/tokend/pam-session":                  "pam_exec.so quiet stdout /usr/local/bin/tokend-pam\n",
+	} {
 		data, _ := os.ReadFile(filepath.Join(dest, f))
-		if !strings.Contains(string(data), "/usr/local/bin/tokend ") || strings.Contains(string(data), "/usr/bin/tokend") {
-			t.Errorf("%s does not name /usr/local/bin/tokend", f)
+		if !strings.Contains(string(data), name) || strings.Contains(string(data), "/usr/bin/tokend") {
+			t.Errorf("%s does not name %q", f, name)
 		}
 	}
 	if !strings.Contains(out, "systemctl --global enable tokend.service") {
@@ -212,6 +218,7 @@ func TestDebianPackage(t *testing.T) {
 	}
 	files := map[string]os.FileMode{
 		"/usr/bin/tokend":                                0o755,
+		"/usr/bin/tokend-pam":                            0o755,
 		"/usr/lib/systemd/user/tokend.service":           0o644,
 		"/usr/lib/systemd/system/tokend-verifyd.service": 0o644,
 		"/usr/lib/systemd/system/tokend-verifyd.socket":  0o644,
@@ -231,6 +238,9 @@ func TestDebianPackage(t *testing.T) {
 	}
 	if data, _ := os.ReadFile("/usr/share/doc/tokend/copyright"); !strings.Contains(string(data), "The tokend authors") || !strings.Contains(string(data), "Apache License\n                           Version 2.0") {
 		t.Errorf("/usr/share/doc/tokend/copyright does not hold the Apache-2.0 license and its copyright:\n%.200s", data)
+	}
+	if data, _ := os.ReadFile("/usr/share/pam-configs/tokend"); !strings.Contains(string(data), "pam_exec.so quiet stdout /usr/bin/tokend-pam\n") {
+		t.Errorf("pam-auth-update's profile does not name the launcher:\n%s", data)
 	}
 	if out := mustRun(t, "/usr/bin/tokend", "version"); !strings.HasPrefix(out, "tokend ") {
 		t.Errorf("tokend version: %q", out)

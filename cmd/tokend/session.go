@@ -10,6 +10,7 @@ import (
 	"log/syslog"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,24 +20,58 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/logsafe"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/session"
+	"github.com/tokend/tokend/session/pamenv"
 )
 
 const sessionUsage = `usage: tokend session [open|close] [--config FILE] [--socket PATH] [--pid PID] [--timeout D]
 
 The PAM session hook. In /etc/pam.d/<service> (see /usr/share/tokend/pam-session):
 
-  session optional pam_exec.so quiet stdout /usr/bin/tokend session
+  session optional pam_exec.so quiet stdout /usr/bin/tokend-pam
 
-pam_exec runs it as root at login (PAM_TYPE=open_session) and logout
-(PAM_TYPE=close_session) with PAM_USER set; it becomes that user before
-doing anything else. Run as a user, it opens or closes a session of that
-user's own agent. See docs/admin.md.
+pam_exec runs the launcher tokend-pam as root at login (PAM_TYPE=open_session)
+and logout (PAM_TYPE=close_session) with PAM_USER set; it runs tokend session
+with its own arguments and an environment it builds, and tokend session
+becomes that user before doing anything else. Run as a user, it opens or
+closes a session of that user's own agent. See docs/admin.md.
 `
 
-// runSession is `tokend session open|close`.
+// runSession is `tokend session open|close`. As root, the PAM hook, it
+// logs as described below.
 func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if os.Geteuid() != 0 {
+		return sessionCommand(ctx, args, stdout, stderr)
+	}
+	// pam_exec sends the hook's output to /dev/null unless the PAM line
+	// says log=FILE, or, with its stdout option, both standard output and
+	// standard error to the user's terminal. There a good login shows
+	// only what the user must act on (standard output); the diagnostics
+	// are shown only when the hook fails. Syslog (authpriv) gets them
+	// all, where there is one.
+	var held *syncbuf.Buffer
+	if os.Getenv(pamenv.Type) != "" && userSeesStderr() {
+		held = &syncbuf.Buffer{}
+		stderr = held
+	}
+	if sl, err := syslog.New(syslog.LOG_AUTHPRIV|syslog.LOG_NOTICE, "tokend"); err == nil {
+		defer sl.Close()
+		lw := &lineWriter{w: sl}
+		defer lw.Flush()
+		stderr = io.MultiWriter(stderr, lw)
+	}
+	code := sessionCommand(ctx, args, stdout, stderr)
+	if held != nil && code != exitOK {
+		stdout.Write(held.Bytes())
+	}
+	return code
+}
+
+// sessionCommand parses the arguments and the PAM items, then runs the
+// root side (sessionHook) or the user side.
+func sessionCommand(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("tokend session", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.Usage = func() { fmt.Fprint(stderr, sessionUsage); fl.PrintDefaults() }
@@ -62,7 +97,20 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitUsage
 	}
 	env := os.Environ()
-	if pamType := session.LastEnv(env, "PAM_TYPE"); pamType != "" {
+	pamType, err := pamenv.Get(env, pamenv.Type)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokend session: %v\n", err)
+		return exitFailure
+	}
+	if pamType != "" && os.Geteuid() == 0 {
+		if v, _ := pamenv.Get(env, pamenv.Launched); v != "1" {
+			// The dynamic loader has read the PAM environment already;
+			// what is left to do is to make the mistake known.
+			fmt.Fprintf(stderr, "tokend session: run as root by PAM without the launcher: the PAM line must name %s, not tokend (pam_exec gives the program the PAM environment, which users may set, and the dynamic loader reads it); nothing done\n", launcherPath())
+			return exitFailure
+		}
+	}
+	if pamType != "" {
 		fromPAM, err := session.ActionFor(pamType)
 		if err != nil {
 			// Misplaced in the PAM configuration: say so, but never make
@@ -91,9 +139,14 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if os.Geteuid() == 0 {
 		// The hook leaves the PAM environment behind when it becomes the
 		// user, $TOKEND_CONFIG and $TOKEND_SOCKET with it.
-		return runSessionHook(ctx, action, session.Options{Config: *configFile, Socket: *socket, PID: *pid, Timeout: *timeout}, env, stdout, stderr)
+		return sessionHook(ctx, action, session.Options{Config: *configFile, Socket: *socket, PID: *pid, Timeout: *timeout}, env, stdout, stderr)
 	}
-	if pamUser := session.LastEnv(env, "PAM_USER"); pamUser != "" {
+	pamUser, err := pamenv.Get(env, pamenv.User)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokend session: %v\n", err)
+		return exitFailure
+	}
+	if pamUser != "" {
 		if u, err := user.Current(); err == nil && u.Username != pamUser {
 			fmt.Fprintf(stderr, "tokend session: PAM_USER is %s but this runs as %s: only root can open a session for another user\n", pamUser, u.Username)
 			return exitFailure
@@ -107,42 +160,20 @@ func runSession(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	return sessionClose(ctx, o, stderr)
 }
 
-// runSessionHook is the root side: it becomes PAM_USER for good, then does
-// what the user would.
-func runSessionHook(ctx context.Context, action string, o session.Options, env []string, stdout, stderr io.Writer) int {
-	// pam_exec sends the hook's output to /dev/null unless the PAM line
-	// says log=FILE, or, with its stdout option, both standard output and
-	// standard error to the user's terminal. There a good login shows
-	// only what the user must act on (standard output); the diagnostics
-	// are shown only when the hook fails. Syslog (authpriv) gets them
-	// all, where there is one.
-	var held *syncbuf.Buffer
-	if session.LastEnv(env, "PAM_TYPE") != "" && userSeesStderr() {
-		held = &syncbuf.Buffer{}
-		stderr = held
-	}
-	if sl, err := syslog.New(syslog.LOG_AUTHPRIV|syslog.LOG_NOTICE, "tokend"); err == nil {
-		defer sl.Close()
-		lw := &lineWriter{w: sl}
-		defer lw.Flush()
-		stderr = io.MultiWriter(stderr, lw)
-	}
-	code := sessionHook(ctx, action, o, env, stdout, stderr)
-	if held != nil && code != exitOK {
-		stdout.Write(held.Bytes())
-	}
-	return code
-}
-
-// sessionHook becomes the PAM user, then opens or closes their session.
+// sessionHook is the root side: it becomes PAM_USER for good, then opens or
+// closes their session as the user would.
 func sessionHook(ctx context.Context, action string, o session.Options, env []string, stdout, stderr io.Writer) int {
-	name := session.LastEnv(env, "PAM_USER")
+	name, err := pamenv.Get(env, pamenv.User)
+	if err != nil {
+		fmt.Fprintf(stderr, "tokend session %s: %v\n", action, err)
+		return exitFailure
+	}
 	if _, err := session.Become(name, action, env); err != nil {
 		if errors.Is(err, session.ErrRoot) {
 			fmt.Fprintf(stderr, "tokend session %s: %v; nothing done\n", action, err)
 			return exitOK
 		}
-		fmt.Fprintf(stderr, "tokend session %s for %s: %v\n", action, name, err)
+		fmt.Fprintf(stderr, "tokend session %s for %s: %s\n", action, logsafe.Text(name), logsafe.Text(err.Error()))
 		return exitFailure
 	}
 	// From here on this process is the user. Open and Close keep their own
@@ -153,7 +184,7 @@ func sessionHook(ctx context.Context, action string, o session.Options, env []st
 		timeout = map[string]time.Duration{session.ActionOpen: session.DefaultOpenTimeout, session.ActionClose: session.DefaultCloseTimeout}[action]
 	}
 	watchdog := time.AfterFunc(timeout+2*time.Second, func() {
-		fmt.Fprintf(stderr, "tokend session %s for %s: did not finish within %v; giving up\n", action, name, timeout+2*time.Second)
+		fmt.Fprintf(stderr, "tokend session %s for %s: did not finish within %v; giving up\n", action, logsafe.Text(name), timeout+2*time.Second)
 		os.Exit(exitFailure)
 	})
 	defer watchdog.Stop()
@@ -165,10 +196,13 @@ func sessionHook(ctx context.Context, action string, o session.Options, env []st
 }
 
 // sessionOpen opens a session of the current user and says how it went.
+// What the user's agent answers, and errors (which may quote it, the
+// user's config or the agent's log), reach the root hook's log escaped and
+// bounded (logsafe.Text).
 func sessionOpen(ctx context.Context, o session.Options, stdout, stderr io.Writer) int {
 	res, err := session.Open(ctx, o)
 	if err != nil {
-		fmt.Fprintf(stderr, "tokend session open for %s: %v\n", who(), err)
+		fmt.Fprintf(stderr, "tokend session open for %s: %s\n", who(), logsafe.Text(err.Error()))
 		return exitFailure
 	}
 	st := res.Status
@@ -176,18 +210,19 @@ func sessionOpen(ctx context.Context, o session.Options, stdout, stderr io.Write
 	if res.Started {
 		how = fmt.Sprintf("agent started (pid %d, log %s)", st.PID, res.Log)
 	}
-	fmt.Fprintf(stderr, "tokend session open for %s: %s; %d login sessions; %s\n", who(), how, res.Sessions, describeSession(st.Session))
+	fmt.Fprintf(stderr, "tokend session open for %s: %s; %d login sessions; %s\n", who(), how, res.Sessions, logsafe.Text(describeSession(st.Session)))
 	// What the user must know at login also goes to standard output, which
 	// pam_exec's stdout option shows them.
 	var note string
 	switch {
 	case res.Ready:
 	case st.Session.State == api.SessionWaiting:
-		note = fmt.Sprintf("token request %s waits for approval: an administrator runs condor_token_request_approve -reqid %s", st.Session.RequestID, st.Session.RequestID)
+		id := logsafe.Text(st.Session.RequestID)
+		note = fmt.Sprintf("token request %s waits for approval: an administrator runs condor_token_request_approve -reqid %s", id, id)
 	case st.Session.State == api.SessionFailed:
-		note = fmt.Sprintf("no token yet, the fetch failed: %s; the agent tries again (`tokend status` shows when)", st.Session.LastError)
+		note = fmt.Sprintf("no token yet, the fetch failed: %s; the agent tries again (`tokend status` shows when)", logsafe.Text(st.Session.LastError))
 	default:
-		note = fmt.Sprintf("the token is still being fetched; it appears in %s when ready (`tokend status`)", st.Dir)
+		note = fmt.Sprintf("the token is still being fetched; it appears in %s when ready (`tokend status`)", logsafe.Text(st.Dir))
 	}
 	if note != "" {
 		fmt.Fprintf(stdout, "tokend: %s\n", note)
@@ -199,14 +234,14 @@ func sessionOpen(ctx context.Context, o session.Options, stdout, stderr io.Write
 func sessionClose(ctx context.Context, o session.Options, stderr io.Writer) int {
 	res, err := session.Close(ctx, o)
 	if err != nil {
-		fmt.Fprintf(stderr, "tokend session close for %s: %v\n", who(), err)
+		fmt.Fprintf(stderr, "tokend session close for %s: %s\n", who(), logsafe.Text(err.Error()))
 		return exitFailure
 	}
 	switch {
 	case res.NoAgent:
 		fmt.Fprintf(stderr, "tokend session close for %s: no agent is running; nothing to close\n", who())
 	case res.Wiped:
-		fmt.Fprintf(stderr, "tokend session close for %s: last login session closed: tokens wiped, %s unmounted\n", who(), res.Dir)
+		fmt.Fprintf(stderr, "tokend session close for %s: last login session closed: tokens wiped, %s unmounted\n", who(), logsafe.Text(res.Dir))
 	case res.Sessions == 0:
 		fmt.Fprintf(stderr, "tokend session close for %s: last login session closed: tokens are wiped in %v unless you log in again\n", who(), res.Grace)
 	default:
@@ -215,10 +250,18 @@ func sessionClose(ctx context.Context, o session.Options, stderr io.Writer) int 
 	return exitOK
 }
 
+// launcherPath is where tokend-pam is: beside this binary.
+func launcherPath() string {
+	if exe, err := os.Executable(); err == nil {
+		return filepath.Join(filepath.Dir(exe), "tokend-pam")
+	}
+	return "/usr/bin/tokend-pam"
+}
+
 // who names the user for the logs: $USER (the hook sets it), else the uid.
 func who() string {
 	if u := os.Getenv("USER"); u != "" {
-		return u
+		return logsafe.Text(u)
 	}
 	return "uid " + strconv.Itoa(os.Getuid())
 }

@@ -44,9 +44,17 @@ type pamEnv struct {
 // newPAM writes /etc/pam.d/<service>. The auth stack prompts for a password
 // (pam_exec expose_authtok reads it) and accepts any, so that
 // `pamtester SERVICE USER open_session authenticate close_session` holds the
-// session open until a line arrives on its standard input. pamOptions are
+// session open until a line arrives on its standard input. The session line
+// runs the launcher tokend-pam, as the shipped line does. pamOptions are
 // pam_exec's options; "" logs the hook's output to a file.
 func newPAM(t *testing.T, pamOptions string, settings map[string]string) *pamEnv {
+	t.Helper()
+	return newPAMAs(t, testenv.Lookup(t, testenv.UserName), pamOptions, settings, "")
+}
+
+// newPAMAs is newPAM for user u, with before (PAM lines) ahead of the
+// session line.
+func newPAMAs(t *testing.T, u testenv.User, pamOptions string, settings map[string]string, before string) *pamEnv {
 	t.Helper()
 	for _, tool := range []string{"pamtester", "setpriv"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -58,7 +66,7 @@ func newPAM(t *testing.T, pamOptions string, settings map[string]string) *pamEnv
 	for k, v := range settings {
 		all[k] = v
 	}
-	e := newEnv(t, all)
+	e := newEnvAs(t, u, all)
 	p := &pamEnv{env: e, runtime: filepath.Join(session.RuntimeRoot, strconv.Itoa(e.u.UID))}
 	e.sock = filepath.Join(p.runtime, "tokend", "agent.sock")
 	p.hookLog = filepath.Join(e.work, "hook.log")
@@ -66,8 +74,8 @@ func newPAM(t *testing.T, pamOptions string, settings map[string]string) *pamEnv
 		pamOptions = "log=" + p.hookLog
 	}
 	p.service = "tokend-test-" + randomHex(4)
-	conf := fmt.Sprintf("auth required pam_exec.so expose_authtok /bin/true\naccount required pam_permit.so\nsession optional pam_exec.so %s %s session --config %s\n",
-		pamOptions, e.bin, e.config)
+	conf := fmt.Sprintf("auth required pam_exec.so expose_authtok /bin/true\naccount required pam_permit.so\n%ssession optional pam_exec.so %s %s --config %s\n",
+		before, pamOptions, testenv.BuildStatic(t, "./cmd/tokend-pam"), e.config)
 	if err := os.WriteFile(filepath.Join("/etc/pam.d", p.service), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +99,11 @@ func newPAM(t *testing.T, pamOptions string, settings map[string]string) *pamEnv
 // on one machine would otherwise share the test user's agent.
 func exclusive(t *testing.T) {
 	t.Helper()
+	// A test may call it more than once (flock would wait for itself).
+	if _, held := exclusiveHeld.LoadOrStore(t, true); held {
+		return
+	}
+	t.Cleanup(func() { exclusiveHeld.Delete(t) })
 	// A fixed path: test runs may have different TMPDIRs.
 	path := "/run/lock/tokend-tests-machine.lock"
 	if _, err := os.Stat("/run/lock"); err != nil {
@@ -120,6 +133,9 @@ func exclusive(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// exclusiveHeld holds the tests that hold the machine lock.
+var exclusiveHeld sync.Map
 
 func randomHex(n int) string {
 	b := make([]byte, n)
@@ -368,8 +384,7 @@ func TestPAMConcurrentLogins(t *testing.T) {
 // the tokens are wiped once no session is left. This one uses pam_exec's
 // options as shipped in systemd/pam/tokend-session.
 func TestPAMKilledSessionIsWiped(t *testing.T) {
-	line := shippedPAMLine(t)
-	opts := strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(line, "session optional pam_exec.so"), "/usr/bin/tokend session"))
+	opts := shippedPAMOptions(t)
 	p := newPAM(t, opts, nil)
 	l := p.login()
 	pid := p.agentPID()
@@ -388,6 +403,18 @@ func TestPAMKilledSessionIsWiped(t *testing.T) {
 	if log := readFile(filepath.Join(p.runtime, "tokend", "agent.log")); !strings.Contains(log, "its process exited without a close") {
 		t.Errorf("the agent's log does not say why it ended:\n%s", log)
 	}
+}
+
+// shippedPAMOptions are pam_exec's options in the shipped line, which names
+// the launcher.
+func shippedPAMOptions(t *testing.T) string {
+	t.Helper()
+	line := shippedPAMLine(t)
+	opts, ok := strings.CutSuffix(strings.TrimPrefix(line, "session optional pam_exec.so"), " /usr/bin/tokend-pam")
+	if !ok {
+		t.Fatalf("the shipped PAM line does not end in /usr/bin/tokend-pam: %s", line)
+	}
+	return strings.TrimSpace(opts)
 }
 
 // shippedPAMLine is the pam_exec line of systemd/pam/tokend-session.
@@ -429,12 +456,19 @@ func TestPAMLoginWithFailingFetch(t *testing.T) {
 }
 
 // The hook refuses, clearly and without failing the login, what it must not
-// do; and it never acts for a user the environment names falsely.
+// do; and it never acts for a user the environment names falsely. As root
+// from PAM, it runs through the launcher, and refuses to run without it.
 func TestSessionHookRefuses(t *testing.T) {
 	e := newEnv(t, nil)
-	run := func(u testenv.User, env []string, args ...string) (string, int) {
+	launcher := testenv.BuildStatic(t, "./cmd/tokend-pam")
+	// bin is tokend (run as `tokend session ARGS`) or the launcher (which
+	// adds "session" itself).
+	run := func(bin string, u testenv.User, env []string, args ...string) (string, int) {
 		t.Helper()
-		cmd := testenv.Command(u, e.bin, append([]string{"session"}, args...)...)
+		if bin == e.bin {
+			args = append([]string{"session"}, args...)
+		}
+		cmd := testenv.Command(u, bin, args...)
 		cmd.Env = append(cmd.Env, env...)
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
@@ -449,22 +483,24 @@ func TestSessionHookRefuses(t *testing.T) {
 	other := testenv.Lookup(t, testenv.OtherName)
 	for _, tc := range []struct {
 		name string
+		bin  string
 		u    testenv.User
 		env  []string
 		args []string
 		code int
 		want string
 	}{
-		{"root login", root, []string{"PAM_TYPE=open_session", "PAM_USER=root"}, nil, exitOK, "runs no agent for root"},
-		{"auth stack", root, []string{"PAM_TYPE=auth", "PAM_USER=" + e.u.Name}, nil, exitOK, "belongs in the session stack"},
-		{"action disagrees", root, []string{"PAM_TYPE=close_session", "PAM_USER=" + e.u.Name}, []string{"open"}, exitOK, "called for PAM_TYPE=close_session; nothing done"},
-		{"unknown user", root, []string{"PAM_TYPE=open_session", "PAM_USER=no-such-user-tokend"}, nil, exitFailure, "no-such-user-tokend"},
-		{"no PAM_USER", root, nil, []string{"open"}, exitFailure, "PAM_USER is not set"},
-		{"another user", e.u, []string{"PAM_TYPE=open_session", "PAM_USER=" + other.Name}, nil, exitFailure, "only root can open a session for another user"},
-		{"no action", e.u, nil, nil, exitUsage, "usage: tokend session"},
-		{"bad action", e.u, nil, []string{"start"}, exitUsage, `unknown action "start"`},
+		{"root login", launcher, root, []string{"PAM_TYPE=open_session", "PAM_USER=root"}, nil, exitOK, "runs no agent for root"},
+		{"auth stack", launcher, root, []string{"PAM_TYPE=auth", "PAM_USER=" + e.u.Name}, nil, exitOK, "belongs in the session stack"},
+		{"action disagrees", launcher, root, []string{"PAM_TYPE=close_session", "PAM_USER=" + e.u.Name}, []string{"open"}, exitOK, "called for PAM_TYPE=close_session; nothing done"},
+		{"unknown user", launcher, root, []string{"PAM_TYPE=open_session", "PAM_USER=no-such-user-tokend"}, nil, exitFailure, "no-such-user-tokend"},
+		{"no PAM_USER", e.bin, root, nil, []string{"open"}, exitFailure, "PAM_USER is not set"},
+		{"without the launcher", e.bin, root, []string{"PAM_TYPE=open_session", "PAM_USER=" + e.u.Name}, nil, exitFailure, "the PAM line must name " + launcher + ", not tokend"},
+		{"another user", e.bin, e.u, []string{"PAM_TYPE=open_session", "PAM_USER=" + other.Name}, nil, exitFailure, "only root can open a session for another user"},
+		{"no action", e.bin, e.u, nil, nil, exitUsage, "usage: tokend session"},
+		{"bad action", e.bin, e.u, nil, []string{"start"}, exitUsage, `unknown action "start"`},
 	} {
-		out, code := run(tc.u, tc.env, tc.args...)
+		out, code := run(tc.bin, tc.u, tc.env, tc.args...)
 		if code != tc.code || !strings.Contains(out, tc.want) {
 			t.Errorf("%s: exit %d, want %d with %q:\n%s", tc.name, code, tc.code, tc.want, out)
 		}

@@ -178,9 +178,10 @@ func (b *bench) sessionFiles(h *home, runtime string) (func(), error) {
 }
 
 // sessionHook runs `tokend session ACTION` as root, as pam_exec would for
-// the user.
+// the user: through tokend-pam, the launcher beside tokend (make build
+// makes both).
 func (b *bench) sessionHook(u account, runtime, action string) (string, error) {
-	cmd := exec.Command(b.tokend, "session", action)
+	cmd := exec.Command(filepath.Join(filepath.Dir(b.tokend), "tokend-pam"), action)
 	cmd.Env = []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"PAM_TYPE=" + action + "_session",

@@ -163,6 +163,19 @@ var (
 // when the test has it, into a directory every user can read and execute.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
+	return build(t, pkg, false)
+}
+
+// BuildStatic compiles pkg as `make build` builds tokend-pam: statically
+// linked, with CGO_ENABLED=0 and so without the race detector. It lands
+// in the same directory as Build's binaries, beside tokend.
+func BuildStatic(t testing.TB, pkg string) string {
+	t.Helper()
+	return build(t, pkg, true)
+}
+
+func build(t testing.TB, pkg string, static bool) string {
+	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if bin, ok := built[pkg]; ok {
@@ -180,11 +193,14 @@ func Build(t testing.TB, pkg string) string {
 	}
 	bin := filepath.Join(buildDir, filepath.Base(pkg))
 	args := []string{"build", "-o", bin}
-	if raceEnabled {
+	if raceEnabled && !static {
 		args = append(args, "-race")
 	}
 	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Dir = ModuleRoot(t)
+	if static {
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
