@@ -11,8 +11,13 @@
 //     changed, only replaced, and replacing it takes a write to its
 //     directory, which must be trusted); its target is walked in turn.
 //   - A sticky directory (mode 1777, like /tmp) with a trusted owner is
-//     trusted for the directories in it, but nothing else in it is: anyone
-//     can make a symlink or a hard link there.
+//     trusted for the directories in it, and for the symlinks in it that a
+//     trusted user owns: the sticky bit lets nobody else remove or rename
+//     them (Kubernetes secret volumes are laid out so: a 1777 top directory
+//     of root's symlinks into a root-owned subdirectory). Nothing else in
+//     it is trusted: anyone can make a symlink or a hard link there. This
+//     one case is where tokend trusts more than HTCondor, which refuses
+//     every symlink in a sticky directory.
 //   - The key file at the end must be a regular file with no group or
 //     other permission bits.
 //
@@ -171,10 +176,13 @@ func judge(p string, fi os.FileInfo, parent level, t Trust) (level, string) {
 		return untrusted, "cannot be examined"
 	}
 	mode := fi.Mode()
-	if parent == sticky && !mode.IsDir() {
-		return untrusted, fmt.Sprintf("is in the sticky directory %s, where anyone can make a link", filepath.Dir(p))
-	}
 	ownerOK := st.Uid == 0 || slices.Contains(t.UIDs, int(st.Uid))
+	if parent == sticky && !mode.IsDir() {
+		if mode&os.ModeSymlink != 0 && ownerOK {
+			return trusted, ""
+		}
+		return untrusted, fmt.Sprintf("is in the sticky directory %s, where anyone can make a link, and is not a symlink of root's or the condor user's", filepath.Dir(p))
+	}
 	groupOK := st.Gid == 0 || slices.Contains(t.GIDs, int(st.Gid))
 	groupWrite := st.Mode&0o020 != 0 && !groupOK
 	otherWrite := st.Mode&0o002 != 0

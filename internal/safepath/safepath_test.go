@@ -76,6 +76,7 @@ func TestFile(t *testing.T) {
 		{"a link to a link", keys + "/CHAIN", base + "/store/AP"},
 		{"a link to a directory", keys + "/DIRLINK/AP", base + "/store/AP"},
 		{"a directory in a sticky directory", keys + "/STICKYSUB", base + "/sticky/sub/AP"},
+		{"a trusted user's symlink in a sticky directory", keys + "/INSTICKY", base + "/store/AP"},
 		{"dots in the path", keys + "/../keys/./POOL", keys + "/POOL"},
 	} {
 		got, err := File(tc.path, trust)
@@ -94,7 +95,6 @@ func TestFileRefused(t *testing.T) {
 	}{
 		{"a link into a world-writable directory", keys + "/WORLD", []string{base + "/world is writable by others (mode 0777)", "owned by root or the condor user"}},
 		{"a file in a sticky directory", keys + "/STICKY", []string{base + "/sticky/AP is in the sticky directory " + base + "/sticky"}},
-		{"a link in a sticky directory", keys + "/INSTICKY", []string{base + "/sticky/LINK is in the sticky directory"}},
 		{"a loop", keys + "/LOOP1", []string{"more than 40 symlinks"}},
 		{"a FIFO", keys + "/FIFO", []string{"is not a regular file"}},
 		{"a directory", keys, []string{"is not a regular file"}},
@@ -151,6 +151,17 @@ func TestFileOwners(t *testing.T) {
 	if _, err := File(keys+"/ABS", trust); err != nil {
 		t.Errorf("a stranger's symlink in a trusted directory: %v", err)
 	}
+
+	// A symlink directly in a sticky directory (a Kubernetes secret volume's
+	// layout) is followed while a trusted user owns it; a stranger's is not.
+	if got, err := File(keys+"/INSTICKY", trust); err != nil || got != base+"/store/AP" {
+		t.Errorf("root's symlink in a sticky directory: %q, %v", got, err)
+	}
+	chown("sticky/LINK", stranger, stranger)
+	if _, err := File(keys+"/INSTICKY", trust); err == nil || !strings.Contains(err.Error(), base+"/sticky/LINK is in the sticky directory") {
+		t.Errorf("a stranger's symlink in a sticky directory: %v", err)
+	}
+	chown("sticky/LINK", 0, 0)
 
 	// A directory on the way owned by someone else.
 	chown("store", stranger, -1)
