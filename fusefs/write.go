@@ -123,8 +123,11 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	return fuse.OK
 }
 
-// Write changes the inode's draft.
+// Write changes the inode's draft. data is go-fuse's request buffer: it is
+// zeroed in place once copied (or refused), so the pool it returns to
+// holds no token (doc.go, "Memory").
 func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	defer clear(data)
 	if !fs.allowed(&in.Caller) {
 		return 0, fuse.EACCES
 	}
