@@ -36,7 +36,7 @@ func (d *draft) resize(n int) error {
 		if err != nil {
 			return err
 		}
-		copy(nb.Bytes(), d.bytes())
+		secmem.Copy(nb.Bytes(), d.bytes())
 		d.buf.Wipe()
 		d.buf = nb
 	}
@@ -158,7 +158,7 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 			return 0, fuse.Status(syscall.ENOMEM)
 		}
 	}
-	copy(d.bytes()[off:], data)
+	secmem.Copy(d.bytes()[off:], data)
 	if st := fs.settleLocked(in.NodeId, name, d); st != fuse.OK {
 		return 0, st
 	}

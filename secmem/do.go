@@ -12,9 +12,11 @@ package secmem
 //
 // In the default build Do overwrites f's stack frames itself: it makes the
 // stack large enough before f runs, so that f does not move it (a move would
-// leave the old stack behind, uncleared), and zeroes scrubSize bytes below
-// its own frame once f has returned. What stays out of reach: registers (the
-// code that runs next overwrites them, but a signal may save them on the
-// signal stack first), frames deeper than scrubSize (f needs about 2 KiB to
-// hash), and a stack the garbage collector shrinks while f runs.
+// leave the old stack behind, uncleared), zeroes scrubSize bytes below its
+// own frame once f has returned, and zeroes the vector registers (amd64,
+// arm64; see [Copy]). What stays out of reach: the general-purpose
+// registers (8 bytes each; the code that runs next overwrites them),
+// registers a signal saved on the signal stack while f ran, frames deeper
+// than scrubSize (f needs about 2 KiB to hash), and a stack the garbage
+// collector shrinks while f runs.
 func Do(f func()) { do(f) }

@@ -3,11 +3,12 @@
 package secmem
 
 // do grows the stack first (before any secret is on it), runs f, then
-// zeroes the frames f used.
+// zeroes the frames f used and the vector registers.
 func do(f func()) {
 	scrub()
 	f()
 	scrub()
+	clearRegisters()
 }
 
 // RuntimeSecret reports whether Do is runtime/secret.Do (a build with

@@ -251,7 +251,7 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	if off >= int64(len(b)) {
 		return 0, nil
 	}
-	return copy(dest, b[off:]), nil
+	return secmem.Copy(dest, b[off:]), nil
 }
 
 // Content returns a copy of a file's content in a secmem buffer, which the
@@ -545,8 +545,8 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 			return
 		}
 		nb := next.Bytes()
-		copy(nb, b[:from])
-		copy(nb[from:], b[to:])
+		secmem.Copy(nb, b[:from])
+		secmem.Copy(nb[from:], b[to:])
 	}
 	f.content.Wipe()
 	f.content = next
