@@ -1,7 +1,6 @@
 package token
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -54,7 +53,9 @@ func DeriveKey(kid string, file []byte) []byte {
 		return nil
 	}
 	defer b.Wipe()
-	return bytes.Clone(b.Bytes())
+	key := make([]byte, KeySize)
+	secmem.Copy(key, b.Bytes())
+	return key
 }
 
 // DeriveLocked derives kid's key as [DeriveKey] does, into a secmem
