@@ -52,8 +52,8 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 }
 
 // clearedRead is a read reply held in go-fuse's reply buffer, which Done
-// zeroes: go-fuse calls Done once the reply is written to the kernel, or
-// dropped.
+// zeroes: go-fuse calls Done once it has written the reply to the kernel
+// (or failed to), for every reply with status OK.
 type clearedRead []byte
 
 func (r clearedRead) Size() int                          { return len(r) }
