@@ -59,7 +59,7 @@ func (a *Agent) fetchInto(ctx context.Context, name string, req fetch.Request, p
 		return nil, err
 	}
 	defer content.Wipe()
-	copy(content.Bytes(), buf.Bytes())
+	secmem.Copy(content.Bytes(), buf.Bytes())
 	content.Bytes()[buf.Len()] = '\n'
 	if _, err := a.store.Put(name, content.Bytes(), a.checker.Quick); err != nil {
 		return nil, fmt.Errorf("could not store the fetched token as %s: %w", name, err)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -200,11 +202,34 @@ func (a *Agent) handleWipe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.store.Wipe()
+	a.releaseMemory()
 	a.log.Info("all tokens wiped on request", "logout", req.Logout)
 	w.WriteHeader(http.StatusNoContent)
 	if req.Logout {
 		a.Logout()
 	}
+}
+
+// releaseMemory runs after a wipe, before the reply, so that what held
+// tokens outside secmem is gone by then: writers' drafts; the verifyd
+// client's idle connections, whose buffers held the tokens it checked; then
+// two garbage collections, since a sync.Pool (go-fuse's request and reply
+// buffers, net/http's and encoding/json's) keeps its objects through one,
+// and debug.FreeOSMemory (a third) to hand the freed pages back to the
+// kernel, which zero-fills them (the runtime releases them with
+// MADV_DONTNEED). A freed object that shares its page with live ones keeps
+// its bytes until reused: hence buffers are cleared at their last use
+// rather than left to this.
+func (a *Agent) releaseMemory() {
+	if a.fs != nil {
+		a.fs.DropDrafts()
+	}
+	if a.verifyd != nil {
+		a.verifyd.client.Close()
+	}
+	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 func (a *Agent) handleSession(w http.ResponseWriter, r *http.Request) {

@@ -349,8 +349,8 @@ func (d *demo) sign(authz ...string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer clear(key)
-	return token.Sign(token.Claims{Issuer: "demo.tokend.example", Subject: "demo@demo.tokend.example", Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	defer key.Wipe()
+	return token.Sign(token.Claims{Issuer: "demo.tokend.example", Subject: "demo@demo.tokend.example", Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
 }
 
 // checkNothingLeft verifies the logout: no mount, no socket, and none of the

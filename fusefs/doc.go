@@ -83,6 +83,31 @@
 // never inside a request handler:
 // the kernel may hold locks that wait for the very request being served.
 //
+// # Memory
+//
+// Token bytes reach go-fuse's buffers on the way in and out; the filesystem
+// clears what it can reach (as read in go-fuse v2.12.1):
+//   - WRITE: the kernel's request is read into a buffer from go-fuse's
+//     read pool, and the data handed to Write is a slice of that buffer.
+//     Write zeroes it in place once it is in the draft (or refused), so the
+//     buffer goes back to the pool without it.
+//   - READ: Write's counterpart is go-fuse's reply buffer (its buffer
+//     pool), which Read fills from the store; the result's Done zeroes it,
+//     and go-fuse calls Done once the reply is written (Slices makes it
+//     writev the buffer directly, splice or not).
+//   - Drafts are secmem; DropDrafts zeroes them all at a wipe.
+//
+// Out of reach: go-fuse copies a request shorter than 128 bytes into the
+// request's small inline buffer (which Write then zeroes) and returns the
+// read buffer to the pool uncleared. A WRITE request is 80 bytes of headers
+// plus the data, so a write(2) of under 48 bytes (a program writing a token
+// in small pieces) leaves that piece in a pooled read buffer until a later
+// request overwrites it or the garbage collector frees the buffer. Tools
+// write a token file in one write(2), which is cleared. And the kernel's
+// page cache holds what was read (and what was written to a file not
+// created through the mount) until the notifier invalidates those pages;
+// the kernel does not zero the pages it frees.
+//
 // # Access
 //
 // Without allow_other the kernel admits only processes whose uids are all the

@@ -42,7 +42,8 @@ func (fs *FS) Fsync(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
 }
 
 // Read serves the file's committed content (the kernel asks only after an
-// invalidation).
+// invalidation). buf is go-fuse's reply buffer, zeroed once the reply is
+// written.
 func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
 	if !fs.allowed(&in.Caller) {
 		return nil, fuse.EACCES
@@ -51,8 +52,22 @@ func (fs *FS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.Re
 	if err != nil {
 		return nil, errno(err)
 	}
-	return fuse.ReadResultData(buf[:n]), fuse.OK
+	return clearedRead(buf[:n]), fuse.OK
 }
+
+// clearedRead is a read reply held in go-fuse's reply buffer, which Done
+// zeroes: go-fuse calls Done once it has written the reply to the kernel
+// (or failed to), for every reply with status OK.
+type clearedRead []byte
+
+func (r clearedRead) Size() int                          { return len(r) }
+func (r clearedRead) Bytes([]byte) ([]byte, fuse.Status) { return r, fuse.OK }
+func (r clearedRead) Done()                              { clear(r) }
+
+// Slices makes go-fuse send the reply with one writev straight from the
+// buffer, and call Done only after it, whatever its splice settings (with
+// splicing disabled it calls Done before writing what Bytes returned).
+func (r clearedRead) Slices() ([][]byte, fuse.Status) { return [][]byte{r}, fuse.OK }
 
 // SetAttr keeps the mode at 0600 and the owner fixed; truncation goes to the
 // inode's draft like a write; times are ignored (mtime changes only with

@@ -206,12 +206,7 @@ func (fs *FS) Unmount() error {
 	// Writers' drafts may hold tokens: they go first. Then the kernel is
 	// told of every change already made (a wipe): a busy mount lingers
 	// after a lazy unmount, and must not keep cached tokens.
-	fs.mu.Lock()
-	for ino, d := range fs.drafts {
-		d.drop()
-		delete(fs.drafts, ino)
-	}
-	fs.mu.Unlock()
+	fs.DropDrafts()
 	var err error
 	select {
 	case <-fs.gone:
@@ -228,6 +223,19 @@ func (fs *FS) Unmount() error {
 	}
 	fs.notes.stop(true)
 	return err
+}
+
+// DropDrafts zeroes and drops every writer's draft, committed or not: a
+// wipe must leave no token in them. (The store's removals drop drafts too,
+// but later, from the notifier, and not those of files it did not show.) A
+// writer that goes on writing starts a new draft.
+func (fs *FS) DropDrafts() {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for ino, d := range fs.drafts {
+		d.drop()
+		delete(fs.drafts, ino)
+	}
 }
 
 func (fs *FS) String() string { return "tokend" }

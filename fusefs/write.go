@@ -39,7 +39,7 @@ func (d *draft) resize(n int) error {
 		if err != nil {
 			return err
 		}
-		copy(nb.Bytes(), d.bytes())
+		secmem.Copy(nb.Bytes(), d.bytes())
 		d.buf.Wipe()
 		d.buf = nb
 	}
@@ -126,8 +126,11 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	return fuse.OK
 }
 
-// Write changes the inode's draft.
+// Write changes the inode's draft. data is go-fuse's request buffer: it is
+// zeroed in place once copied (or refused), so the pool it returns to
+// holds no token (doc.go, "Memory").
 func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint32, fuse.Status) {
+	defer clear(data)
 	if !fs.allowed(&in.Caller) {
 		return 0, fuse.EACCES
 	}
@@ -158,7 +161,7 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 			return 0, fuse.Status(syscall.ENOMEM)
 		}
 	}
-	copy(d.bytes()[off:], data)
+	secmem.Copy(d.bytes()[off:], data)
 	if st := fs.settleLocked(in.NodeId, name, d); st != fuse.OK {
 		return 0, st
 	}

@@ -85,7 +85,7 @@ func From(p []byte) (*Buffer, error) {
 	if err != nil {
 		return nil, err
 	}
-	copy(b.mem, p)
+	Copy(b.mem, p)
 	return b, nil
 }
 

@@ -88,8 +88,8 @@ func (s *Store) hideLocked(f *file, i int, r token.Reason) {
 			return
 		}
 		nb := next.Bytes()
-		copy(nb, b[:from])
-		copy(nb[from:], b[to:])
+		secmem.Copy(nb, b[:from])
+		secmem.Copy(nb[from:], b[to:])
 	}
 	f.content.Wipe()
 	f.content = next

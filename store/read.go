@@ -84,7 +84,7 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	if off >= int64(len(b)) {
 		return 0, nil
 	}
-	return copy(dest, b[off:]), nil
+	return secmem.Copy(dest, b[off:]), nil
 }
 
 // Content returns a copy of a file's content in a secmem buffer, which the

@@ -8,5 +8,11 @@
 // [Token] holds only the decoded, non-secret header and claims. Key material
 // never appears in errors either.
 //
-// This is a leaf package: it imports nothing else from tokend.
+// Keys, HMAC pads and computed signatures live in locked memory
+// ([secmem.Buffer]) and are wiped at their last use; signatures are
+// computed and checked here, not by a JWT library, so that no library
+// keeps a key, a pad-derived state or a signature where it cannot be
+// cleared (see hmac.go).
+//
+// It imports nothing else from tokend but secmem.
 package token

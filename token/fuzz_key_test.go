@@ -81,7 +81,7 @@ func FuzzKeyFile(f *testing.F) {
 		}
 
 		kr := KeyDir{Dir: dir, WantUID: os.Getuid()}
-		key, err := kr.Key(kid)
+		key, err := heapKey(kr.Key(kid))
 		if err != nil {
 			t.Fatalf("Key(%q): %v", kid, err)
 		}

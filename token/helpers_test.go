@@ -1,12 +1,15 @@
 package token
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tokend/tokend/secmem"
 )
 
 const testdata = "testdata/htcondor-24.0"
@@ -77,6 +80,27 @@ func keyDir(t *testing.T, folder string) KeyDir {
 		}
 	}
 	return KeyDir{Dir: dst, WantUID: os.Getuid()}
+}
+
+// lockedKey returns kid's key from kr, copied out of its secmem buffer
+// (wiped at the end of the test).
+func lockedKey(t *testing.T, kr Keyring, kid string) []byte {
+	t.Helper()
+	b, err := kr.Key(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Wipe)
+	return b.Bytes()
+}
+
+// heapKey copies a key out of its secmem buffer and wipes the buffer.
+func heapKey(b *secmem.Buffer, err error) ([]byte, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer b.Wipe()
+	return bytes.Clone(b.Bytes()), nil
 }
 
 // rawKeyFile reads a key file from testdata as is.

@@ -1,8 +1,6 @@
 package token
 
 import (
-	"crypto/hkdf"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/tokend/tokend/secmem"
 )
 
 // PoolKeyName is the kid of the pool signing key.
@@ -36,27 +36,79 @@ func Unscramble(file []byte) []byte {
 // Scramble turns key bytes into key file content (XOR is its own inverse).
 func Scramble(key []byte) []byte { return Unscramble(key) }
 
+// KeySize is the size of a derived key.
+const KeySize = 32
+
 // DeriveKey returns the 32-byte HMAC key that HTCondor derives for kid from
 // a key file's raw (scrambled) bytes: unscramble; for the pool key (kid ""
 // or "POOL") double the bytes; then HKDF-SHA256 with salt "htcondor" and
-// info "master jwt". Intermediate copies are zeroed before returning.
+// info "master jwt".
 //
-// It returns nil only if HKDF refuses the input, which happens only for very
-// short keys under GODEBUG=fips140=only; [Verify] rejects a nil key.
+// It is [DeriveLocked] with the key copied to the Go heap, for callers that
+// keep keys themselves: they clear it when done. It returns nil only if
+// locked memory cannot be had (mmap fails); [Verify] rejects a nil key.
 func DeriveKey(kid string, file []byte) []byte {
-	k := Unscramble(file)
-	defer clear(k)
-	ikm := k
-	if kid == "" || kid == PoolKeyName {
-		ikm = make([]byte, 0, 2*len(k))
-		ikm = append(append(ikm, k...), k...)
-		defer clear(ikm)
-	}
-	key, err := hkdf.Key(sha256.New, ikm, []byte("htcondor"), "master jwt", 32)
+	b, err := DeriveLocked(kid, file)
 	if err != nil {
 		return nil
 	}
+	defer b.Wipe()
+	key := make([]byte, KeySize)
+	secmem.Copy(key, b.Bytes())
 	return key
+}
+
+// DeriveLocked derives kid's key as [DeriveKey] does, into a secmem
+// buffer that the caller wipes. The unscrambled and doubled key file, the
+// HKDF pseudorandom key and the HMAC pads live in secmem buffers too, wiped
+// before it returns; what hashing leaves on the stack is erased
+// ([secmem.Do]).
+func DeriveLocked(kid string, file []byte) (*secmem.Buffer, error) {
+	n := len(file)
+	pool := kid == "" || kid == PoolKeyName
+	if pool {
+		n *= 2
+	}
+	ikm, err := secmem.New(n)
+	if err != nil {
+		return nil, err
+	}
+	defer ikm.Wipe()
+	key, err := secmem.New(KeySize)
+	if err != nil {
+		return nil, err
+	}
+	secmem.Do(func() {
+		k := ikm.Bytes()
+		for i, b := range file {
+			k[i] = b ^ scrambleMask[i%len(scrambleMask)]
+		}
+		if pool {
+			copy(k[len(file):], k[:len(file)])
+		}
+		err = hkdf32(key.Bytes(), k)
+	})
+	if err != nil {
+		key.Wipe()
+		return nil, err
+	}
+	return key, nil
+}
+
+// LoadKey reads a key file as [ReadKeyFile] does and derives kid's key from
+// it ([DeriveLocked]) into a secmem buffer that the caller wipes. The file's
+// bytes are cleared once the key is derived.
+func LoadKey(path, kid string, wantUID int) (*secmem.Buffer, error) {
+	file, err := ReadKeyFile(path, wantUID)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(file)
+	key, err := DeriveLocked(kid, file)
+	if err != nil {
+		return nil, fmt.Errorf("cannot derive a key from %s: %w", path, err)
+	}
+	return key, nil
 }
 
 // ReadKeyFile reads a key file the way HTCondor accepts one: a regular file,
@@ -110,9 +162,10 @@ func pathErr(err error) error {
 
 // Keyring maps a kid to its derived HMAC key.
 type Keyring interface {
-	// Key returns the derived key for kid; the error wraps ErrUnknownKey
-	// when there is no such key, ErrKeyUnavailable when it cannot be used.
-	Key(kid string) ([]byte, error)
+	// Key returns the derived key for kid in a secmem buffer, which the
+	// caller wipes; the error wraps ErrUnknownKey when there is no such
+	// key, ErrKeyUnavailable when it cannot be used.
+	Key(kid string) (*secmem.Buffer, error)
 }
 
 // KeyDir is a Keyring over a SEC_PASSWORD_DIRECTORY-like folder. The pool
@@ -128,22 +181,17 @@ type KeyDir struct {
 // Key implements [Keyring]. A kid that is not a plain file name, or a
 // missing file, is unknown ([ErrUnknownKey]); a file that exists but is
 // refused (owner, mode, type, size, I/O) is [ErrKeyUnavailable].
-func (d KeyDir) Key(kid string) ([]byte, error) {
+func (d KeyDir) Key(kid string) (*secmem.Buffer, error) {
 	path, err := d.path(kid)
 	if err != nil {
 		return nil, err
 	}
-	file, err := ReadKeyFile(path, d.WantUID)
+	key, err := LoadKey(path, kid, d.WantUID)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w %q: %w", ErrUnknownKey, kid, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrKeyUnavailable, err)
-	}
-	defer clear(file)
-	key := DeriveKey(kid, file)
-	if key == nil {
-		return nil, fmt.Errorf("%w: cannot derive a key from %s", ErrKeyUnavailable, path)
 	}
 	return key, nil
 }

@@ -127,22 +127,22 @@ func TestKeyDir(t *testing.T) {
 	kd := keyDir(t, "keys")
 	want := DeriveKey("POOL", rawKeyFile(t, "keys", "POOL"))
 	for _, kid := range []string{"POOL", ""} {
-		got, err := kd.Key(kid)
+		got, err := heapKey(kd.Key(kid))
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("Key(%q) = %v", kid, err)
 		}
 	}
-	if got, err := kd.Key("AP"); err != nil || !bytes.Equal(got, DeriveKey("AP", rawKeyFile(t, "keys", "AP"))) {
+	if got, err := heapKey(kd.Key("AP")); err != nil || !bytes.Equal(got, DeriveKey("AP", rawKeyFile(t, "keys", "AP"))) {
 		t.Errorf("Key(AP) = %v", err)
 	}
 
 	// PoolFile overrides Dir/POOL for the pool key only.
 	rotated := keyDir(t, "keys-rotated")
 	withPool := KeyDir{Dir: kd.Dir, PoolFile: filepath.Join(rotated.Dir, "POOL"), WantUID: -1}
-	if got, _ := withPool.Key("POOL"); !bytes.Equal(got, DeriveKey("POOL", rawKeyFile(t, "keys-rotated", "POOL"))) {
+	if got, _ := heapKey(withPool.Key("POOL")); !bytes.Equal(got, DeriveKey("POOL", rawKeyFile(t, "keys-rotated", "POOL"))) {
 		t.Error("PoolFile not used")
 	}
-	if got, _ := withPool.Key("AP"); !bytes.Equal(got, DeriveKey("AP", rawKeyFile(t, "keys", "AP"))) {
+	if got, _ := heapKey(withPool.Key("AP")); !bytes.Equal(got, DeriveKey("AP", rawKeyFile(t, "keys", "AP"))) {
 		t.Error("PoolFile used for AP")
 	}
 

@@ -3,6 +3,8 @@ package token
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -11,7 +13,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/tokend/tokend/secmem"
 )
 
 // Claims describes a token for [Sign].
@@ -28,7 +30,9 @@ type Claims struct {
 // members in sorted order: exp (only with a lifetime), iat, iss, jti (32
 // random hex digits), scope (only with Authz), sub; '/' written as "\/" as
 // HTCondor's JSON writer does. kid "" means [PoolKeyName]. key is the
-// derived key ([DeriveKey]), not the key file.
+// derived key ([DeriveKey]), not the key file. The token is returned in a
+// buffer of its exact size that the caller clears when done; the MAC is
+// computed in locked memory ([Verify] says how).
 func Sign(c Claims, kid string, key []byte) ([]byte, error) {
 	var id [16]byte
 	rand.Read(id[:]) // never fails: crypto/rand crashes the program instead
@@ -58,7 +62,7 @@ func sign(c Claims, kid string, key []byte, jti string) ([]byte, error) {
 	if iat.IsZero() {
 		iat = time.Now()
 	}
-	claims := jwt.MapClaims{"iat": iat.Unix(), "iss": c.Issuer, "jti": jti, "sub": c.Subject}
+	claims := map[string]any{"iat": iat.Unix(), "iss": c.Issuer, "jti": jti, "sub": c.Subject}
 	if c.Lifetime > 0 {
 		claims["exp"] = iat.Unix() + int64((c.Lifetime+time.Second-1)/time.Second)
 	}
@@ -72,24 +76,53 @@ func sign(c Claims, kid string, key []byte, jti string) ([]byte, error) {
 		}
 		claims["scope"] = strings.Join(scopes, " ")
 	}
-	t := jwt.NewWithClaims(jwt.SigningMethodHS256, condorClaims{claims})
-	delete(t.Header, "typ") // condor_token_create writes none
-	t.Header["kid"] = kid
-	s, err := t.SignedString(key)
+	// encoding/json sorts map keys, as HTCondor's writer does.
+	header, err := json.Marshal(map[string]any{"alg": "HS256", "kid": kid})
 	if err != nil {
 		return nil, fmt.Errorf("token: sign: %w", err)
 	}
-	return []byte(s), nil
+	payload, err := condorJSON(claims)
+	if err != nil {
+		return nil, fmt.Errorf("token: sign: %w", err)
+	}
+	return signed(header, payload, key)
 }
 
-// condorClaims marshals like HTCondor's JSON writer (picojson), which
+// signed returns header.payload.signature, each segment base64url, in one
+// buffer of exactly the token's size (appending would leave partial copies
+// behind): the caller clears it. The MAC is computed into a secmem buffer
+// and encoded from there.
+func signed(header, payload, key []byte) ([]byte, error) {
+	enc := base64.RawURLEncoding
+	h, p := enc.EncodedLen(len(header)), enc.EncodedLen(len(payload))
+	out := make([]byte, h+1+p+1+enc.EncodedLen(sha256.Size))
+	enc.Encode(out, header)
+	out[h] = '.'
+	enc.Encode(out[h+1:], payload)
+	out[h+1+p] = '.'
+	sig, err := secmem.New(sha256.Size)
+	if err != nil {
+		return nil, fmt.Errorf("token: sign: %w", err)
+	}
+	defer sig.Wipe()
+	secmem.Do(func() {
+		if err = mac(sig.Bytes(), sha256.New, key, out[:h+1+p]); err == nil {
+			enc.Encode(out[h+1+p+1:], sig.Bytes())
+		}
+	})
+	if err != nil {
+		clear(out)
+		return nil, fmt.Errorf("token: sign: %w", err)
+	}
+	return out, nil
+}
+
+// condorJSON marshals claims like HTCondor's JSON writer (picojson), which
 // escapes '/' as "\/": condor_token_create writes scope as
 // "condor:\/READ". Outside strings JSON has no '/', so a plain replace is
 // exact.
-type condorClaims struct{ jwt.MapClaims }
-
-func (c condorClaims) MarshalJSON() ([]byte, error) {
-	b, err := json.Marshal(c.MapClaims)
+func condorJSON(claims map[string]any) ([]byte, error) {
+	b, err := json.Marshal(claims)
 	if err != nil {
 		return nil, err
 	}

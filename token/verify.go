@@ -1,13 +1,15 @@
 package token
 
 import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
-	"unsafe"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/tokend/tokend/secmem"
 )
 
 // Verify checks raw's signature against key with the token's own alg
@@ -16,14 +18,16 @@ import (
 // token was altered. A structural problem wraps [ErrMalformed]. Time and
 // issuer are not checked here (see [Check]).
 //
-// raw must not change until Verify returns: it is handed to jwt through
-// unsafe.String so that the secret is not copied into another string that
-// nobody can clear. jwt keeps no reference after it returns.
+// The signature is decoded into a secmem buffer and compared in constant
+// time with one computed there (see hmac.go): the hash object's state and
+// buffered input are overwritten, and [secmem.Do] erases what hashing left
+// on the stack, before Verify returns.
 func Verify(raw []byte, key []byte) error {
-	if _, err := Parse(raw); err != nil {
+	t, err := Parse(raw)
+	if err != nil {
 		return err
 	}
-	return verifyParsed(raw, key)
+	return verifyParsed(raw, t.Alg, key)
 }
 
 // VerifyWith looks up the key for the token's kid in kr, then verifies as
@@ -85,28 +89,50 @@ func verifyKey(raw []byte, t *Token, kr Keyring) error {
 		}
 		return fmt.Errorf("%w: %w", ErrKeyUnavailable, err)
 	}
-	return verifyParsed(raw, key)
+	if key == nil {
+		return fmt.Errorf("%w %q: the keyring gave no key", ErrKeyUnavailable, t.Kid)
+	}
+	defer key.Wipe()
+	return verifyParsed(raw, t.Alg, key.Bytes())
 }
 
-// verifyParsed checks the signature of raw, which Parse accepted.
-func verifyParsed(raw, key []byte) error {
+// verifyParsed checks the signature of raw, which Parse accepted with alg.
+func verifyParsed(raw []byte, alg string, key []byte) error {
 	if len(key) == 0 {
 		return fmt.Errorf("%w: empty key", ErrKeyUnavailable)
 	}
-	s := unsafe.String(unsafe.SliceData(raw), len(raw))
-	p := jwt.NewParser(
-		jwt.WithValidMethods([]string{"HS256", "HS384", "HS512"}),
-		jwt.WithoutClaimsValidation(), // time is checked by Check, with a margin
-	)
-	_, err := p.Parse(s, func(*jwt.Token) (any, error) { return key, nil })
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return ErrRotatedKey
-	default:
-		// Parse accepted the structure, so jwt should not disagree; its
-		// messages name what failed, never the token.
-		return fmt.Errorf("%w: signature check: %w", ErrMalformed, err)
+	newHash, size := hashFor(alg)
+	dot := bytes.LastIndexByte(raw, '.')
+	if newHash == nil || dot < 0 {
+		return malformed("cannot check the signature") // Parse refuses both
 	}
+	input, sig := raw[:dot], raw[dot+1:]
+	mem, err := secmem.New(2 * size)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrKeyUnavailable, err)
+	}
+	defer mem.Wipe()
+	want, got := mem.Bytes()[:size:size], mem.Bytes()[size:]
+	var match bool
+	secmem.Do(func() {
+		// Parse checked the alphabet and the exact length for alg, so the
+		// segment decodes to size bytes.
+		var n int
+		if n, err = base64.RawURLEncoding.Decode(want, sig); err != nil || n != size {
+			err = malformed("signature is not base64url")
+			return
+		}
+		if err = mac(got, newHash, key, input); err != nil {
+			err = fmt.Errorf("%w: %w", ErrKeyUnavailable, err)
+			return
+		}
+		match = subtle.ConstantTimeCompare(got, want) == 1
+	})
+	switch {
+	case err != nil:
+		return err
+	case !match:
+		return ErrRotatedKey
+	}
+	return nil
 }

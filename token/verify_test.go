@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/secmem"
 )
 
 // TestVectors checks every HTCondor-made token against both key folders
@@ -106,7 +108,7 @@ func TestVerify(t *testing.T) {
 
 type failingKeyring struct{}
 
-func (failingKeyring) Key(string) ([]byte, error) { return nil, errors.New("backend down") }
+func (failingKeyring) Key(string) (*secmem.Buffer, error) { return nil, errors.New("backend down") }
 
 // signAlg re-signs pool-plain's header and payload with alg, the way a
 // server that uses HS384 or HS512 would.
@@ -120,7 +122,7 @@ func signAlg(t *testing.T, alg string, key []byte) []byte {
 
 func TestCheck(t *testing.T) {
 	kd := keyDir(t, "keys")
-	key, _ := kd.Key("POOL")
+	key := lockedKey(t, kd, "POOL")
 	iat := time.Unix(1795393154, 0)
 	ten := mustSign(t, Claims{Issuer: "example.org", Subject: "a@example.org", Lifetime: 10 * time.Minute, IssuedAt: iat}, key)
 	nbf := craft(hdr256, `{"iat":1795393154,"nbf":1795396754,"iss":"example.org","sub":"a@b"}`, 43)
@@ -191,7 +193,7 @@ func TestErrorsHoldNoToken(t *testing.T) {
 		sig + "." + sig + "." + sig,
 	}
 	kd := keyDir(t, "keys-rotated")
-	key, _ := kd.Key("POOL")
+	key := lockedKey(t, kd, "POOL")
 	for i, in := range append(inputs, raw) {
 		b := []byte(in)
 		var errs []error

@@ -58,25 +58,20 @@ func (f *localFetcher) Fetch(ctx context.Context, req Request, _ func(Progress))
 		return nil, f.o.fail(err)
 	}
 	// Read the file each time, as HTCondor does: a rotation is seen at once.
-	file, err := token.ReadKeyFile(f.path, os.Getuid())
+	key, err := token.LoadKey(f.path, f.o.KeyName, os.Getuid())
 	if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("%w: copy the pool's signing key there (owned by you, mode 0600) or, for a pool of your own, make a new one with: (umask 077; head -c 64 /dev/urandom > %s)", err, f.path)
 	}
 	if err != nil {
 		return nil, f.o.fail(err)
 	}
-	key := token.DeriveKey(f.o.KeyName, file)
-	clear(file)
-	if key == nil {
-		return nil, f.o.fail(fmt.Errorf("cannot derive a signing key from %s", f.path))
-	}
-	defer clear(key)
+	defer key.Wipe()
 	raw, err := token.Sign(token.Claims{
 		Issuer:   f.o.Issuer,
 		Subject:  f.identity,
 		Authz:    authz,
 		Lifetime: lifetime,
-	}, f.o.KeyName, key)
+	}, f.o.KeyName, key.Bytes())
 	if err != nil {
 		return nil, f.o.fail(err)
 	}

@@ -123,7 +123,8 @@ func (e *env) sign(sub string, life time.Duration, authz ...string) []byte {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	defer key.Wipe()
+	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -20,10 +20,12 @@ import (
 func (e *env) signRaw(kid string, key []byte, claims jwt.MapClaims) []byte {
 	e.t.Helper()
 	if key == nil {
-		var err error
-		if key, err = (token.KeyDir{Dir: e.keys, WantUID: -1}).Key(token.PoolKeyName); err != nil {
+		pool, err := (token.KeyDir{Dir: e.keys, WantUID: -1}).Key(token.PoolKeyName)
+		if err != nil {
 			e.t.Fatal(err)
 		}
+		defer pool.Wipe()
+		key = pool.Bytes()
 	}
 	j := jwt.NewWithClaims(jwt.SigningMethodHS256, claims)
 	j.Header = map[string]any{"alg": "HS256", "kid": kid}

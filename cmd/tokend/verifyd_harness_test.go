@@ -208,8 +208,8 @@ func (e *env) signWith(dir, kid, sub string) []byte {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer clear(key)
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, kid, key)
+	defer key.Wipe()
+	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, kid, key.Bytes())
 	if err != nil {
 		e.t.Fatal(err)
 	}
