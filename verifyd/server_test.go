@@ -299,7 +299,7 @@ func TestShutdownAnswersPolls(t *testing.T) {
 	}
 	// The keys are gone with the server.
 	ts.mu.RLock()
-	n := len(ts.keys)
+	n := ts.set.Len()
 	ts.mu.RUnlock()
 	if n != 0 {
 		t.Fatalf("%d keys still held after Serve returned", n)
