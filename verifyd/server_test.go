@@ -321,7 +321,9 @@ func TestVerifyBody(t *testing.T) {
 // encoding.
 func TestNoSecretsLeak(t *testing.T) {
 	f := newRotation(t)
-	ts := start(t, fast(f.dir), nil)
+	o := fast(f.dir)
+	o.TrustDomain, o.TokenMaxAge = "example.org", time.Hour // every kind of answer
+	ts := start(t, o, nil)
 	var answers bytes.Buffer
 	post := func(tok []byte) {
 		r := ts.do(t, http.MethodPost, verifyapi.PathVerify, verifyapi.VerifyBody(tok))
@@ -330,7 +332,8 @@ func TestNoSecretsLeak(t *testing.T) {
 			answers.WriteString(k + strings.Join(v, ","))
 		}
 	}
-	tokens := [][]byte{f.tOldPool, f.tOldAP, f.tNewPool, f.tNewAP, f.tExtra}
+	tokens := [][]byte{f.tOldPool, f.tOldAP, f.tNewPool, f.tNewAP, f.tExtra,
+		signAs(t, "other.example", "POOL", f.oldPool, time.Now(), time.Hour)}
 	for _, tok := range tokens {
 		post(tok)
 		post(append(bytes.Clone(tok), 'x')) // malformed
