@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -277,6 +278,7 @@ func TestLongPoll(t *testing.T) {
 
 func TestShutdownAnswersPolls(t *testing.T) {
 	f := newRotation(t)
+	live := secmem.Live()
 	ts := start(t, fast(f.dir), func(s *Server) { s.pollTimeout = time.Hour })
 	g := ts.gen(t)
 	got := make(chan error, 1)
@@ -303,6 +305,9 @@ func TestShutdownAnswersPolls(t *testing.T) {
 	ts.mu.RUnlock()
 	if n != 0 {
 		t.Fatalf("%d keys still held after Serve returned", n)
+	}
+	if n := secmem.Live() - live; n != 0 {
+		t.Fatalf("%d locked buffers left after Serve returned", n)
 	}
 }
 
