@@ -260,7 +260,8 @@ func TestPoolBlink(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for name, raw := range map[string][]byte{"POOL": f.tOldPool, "AP": f.tOldAP, "POOL rotated": f.tNewPool} {
-		seen[name] = map[token.Reason]int{}
+		counts := map[token.Reason]int{}
+		seen[name] = counts // before the goroutine: it uses counts, never seen
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -272,7 +273,7 @@ func TestPoolBlink(t *testing.T) {
 				}
 				r := ts.classify(raw)
 				mu.Lock()
-				seen[name][r]++
+				counts[r]++
 				mu.Unlock()
 			}
 		}()
