@@ -1,6 +1,10 @@
 package secmem
 
-import "errors"
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+)
 
 // ErrNotLocked is returned by NewLocked and FromLocked when no locked memory
 // is left (RLIMIT_MEMLOCK), even after the reclaim hook freed what it could.
@@ -9,7 +13,7 @@ var ErrNotLocked = errors.New("secmem: no locked memory left (RLIMIT_MEMLOCK)")
 // NewLocked is New for secrets that may only live in locked memory (the
 // agent's remembered tokens): it never falls back to unlocked memory.
 func NewLocked(n int) (*Buffer, error) {
-	return New(n) // seam
+	return alloc(n, true)
 }
 
 // FromLocked is From for secrets that may only live in locked memory.
@@ -26,7 +30,13 @@ func FromLocked(p []byte) (*Buffer, error) {
 // it falls back to unlocked memory: it frees one less important secret and
 // reports whether it did (the agent zeroes its oldest remembered token). It
 // is called with no lock of this package held. Call it before the first New.
-func SetReclaim(f func() bool) {} // seam
+func SetReclaim(f func() bool) {
+	if f == nil {
+		reclaim.Store(nil)
+		return
+	}
+	reclaim.Store(&f)
+}
 
 // Stats describes the secret memory in use.
 type Stats struct {
@@ -37,4 +47,13 @@ type Stats struct {
 }
 
 // ReadStats returns the current Stats.
-func ReadStats() Stats { return Stats{Buffers: Live()} } // seam
+func ReadStats() Stats {
+	mu.Lock()
+	st := Stats{Buffers: Live(), Locked: lockedBytes, Unlocked: unlockedBytes, Limit: -1}
+	mu.Unlock()
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &rl); err == nil && rl.Cur != unix.RLIM_INFINITY {
+		st.Limit = int64(rl.Cur)
+	}
+	return st
+}
