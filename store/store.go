@@ -138,7 +138,7 @@ type Store struct {
 	now       func() time.Time
 	listeners atomic.Pointer[[]func(Change)] // copied on write: read without a lock
 
-	log       atomic.Pointer[slog.Logger]
+	log atomic.Pointer[slog.Logger]
 
 	mu         sync.Mutex       // guards everything below but what rmu guards
 	byName     map[string]*file // every committed file, visible or not
