@@ -175,7 +175,13 @@ func (s *Store) Infos() []Info {
 		for _, l := range f.lines {
 			out = append(out, Info{Name: f.name, ID: l.id, Token: *l.tok, Reason: l.reason, Hidden: !l.shown(), Remembered: !l.shown()})
 		}
-		out = append(out, f.hidden...)
+		for _, h := range f.hidden {
+			// Once per token and reason: a writer's second write (the
+			// newline after the token) brings a remembered token again.
+			if !slices.ContainsFunc(f.lines, func(l tokenLine) bool { return !l.shown() && *l.tok == h.Token && l.reason == h.Reason }) {
+				out = append(out, h)
+			}
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Info) int {
 		return cmp.Or(strings.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
