@@ -13,6 +13,20 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
+// underLimit runs test again in a child under a real RLIMIT_MEMLOCK of
+// 64 KiB, and logs the line the child reports starting with report.
+func underLimit(t *testing.T, test, report string) {
+	t.Helper()
+	out := testenv.RunUnderMemlock(t, test, 64<<10)
+	for line := range strings.Lines(out) {
+		if strings.HasPrefix(line, report) {
+			t.Log(strings.TrimSpace(line))
+			return
+		}
+	}
+	t.Fatalf("the child did not report %q:\n%s", report, out)
+}
+
 // TestBudget64KiB: under the RLIMIT_MEMLOCK of 64 KiB that EL 8 and 9 user
 // sessions may have, everything a session holds is locked: 13 shown tokens
 // of 1 KiB, 7 remembered ones (8 KiB), the copies of a check pass and two
@@ -20,15 +34,7 @@ import (
 // falls back to unlocked memory.
 func TestBudget64KiB(t *testing.T) {
 	if !testenv.MemlockChild() {
-		out := testenv.RunUnderMemlock(t, "TestBudget64KiB", 64<<10)
-		if !strings.Contains(out, "budget ok") {
-			t.Fatalf("child said:\n%s", out)
-		}
-		for line := range strings.Lines(out) {
-			if strings.HasPrefix(line, "in use:") {
-				t.Log(strings.TrimSpace(line))
-			}
-		}
+		underLimit(t, "TestBudget64KiB", "budget ok")
 		return
 	}
 	fail := func(format string, args ...any) {
@@ -57,7 +63,6 @@ func TestBudget64KiB(t *testing.T) {
 	if n := len(s.Remembered()); secmem.LockFailed() || n != 7 || len(cands) != 13 {
 		fail("within the budget: lock failed %v, %d remembered, %d candidates, %+v", secmem.LockFailed(), n, len(cands), st)
 	}
-	fmt.Printf("in use: %d bytes locked of %d\n", st.Locked, st.Limit)
 	// Past it: more live secrets push the remembered tokens out first.
 	var more []*secmem.Buffer
 	for !secmem.LockFailed() {
@@ -77,7 +82,7 @@ func TestBudget64KiB(t *testing.T) {
 		c.Raw.Wipe()
 	}
 	s.Close()
-	fmt.Println("budget ok")
+	fmt.Printf("budget ok: %d bytes locked of %d for it all\n", st.Locked, st.Limit)
 }
 
 // TestReclaimUnderLoad: at the edge of a real 64 KiB limit, writers,
@@ -86,15 +91,7 @@ func TestBudget64KiB(t *testing.T) {
 // lock-order mistakes between the store, its remembered list and secmem.
 func TestReclaimUnderLoad(t *testing.T) {
 	if !testenv.MemlockChild() {
-		out := testenv.RunUnderMemlock(t, "TestReclaimUnderLoad", 64<<10)
-		if !strings.Contains(out, "load ok") {
-			t.Fatalf("child said:\n%s", out)
-		}
-		for line := range strings.Lines(out) {
-			if strings.HasPrefix(line, "load ok") {
-				t.Log(strings.TrimSpace(line))
-			}
-		}
+		underLimit(t, "TestReclaimUnderLoad", "load ok")
 		return
 	}
 	s := New(Limits{})
