@@ -10,11 +10,12 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
-// Attr describes a visible file.
+// Attr describes a file.
 type Attr struct {
-	Ino   uint64
-	Size  int
-	Mtime time.Time
+	Ino     uint64
+	Size    int
+	Mtime   time.Time
+	Pending bool // made by Create, not committed yet: no name can find it
 }
 
 // Lookup returns the attributes of a visible file.
@@ -28,12 +29,29 @@ func (s *Store) Lookup(name string) (Attr, bool) {
 	return f.attr(), true
 }
 
-// Stat returns the name and attributes of a visible file by inode.
+// Creating reports whether a pending file (made by Create, not committed
+// yet) has that name: a lookup that misses now may hit at its commit.
+func (s *Store) Creating(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending == 0 {
+		return false
+	}
+	for _, f := range s.byIno {
+		if f.pending && f.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Stat returns the name and attributes of a visible or pending file by
+// inode (a pending file's creator stats it through its descriptor).
 func (s *Store) Stat(ino uint64) (string, Attr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() {
+	if f == nil || !f.visible() && !f.pending {
 		return "", Attr{}, false
 	}
 	return f.name, f.attr(), true
@@ -72,12 +90,12 @@ func (s *Store) Len() int {
 	return n
 }
 
-// ReadAt copies content of a visible file at off into dest.
+// ReadAt copies content of a visible or pending file at off into dest.
 func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() || off < 0 {
+	if f == nil || !f.visible() && !f.pending || off < 0 {
 		return 0, ErrNotFound
 	}
 	b := f.bytes()
@@ -89,7 +107,7 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 
 // Content returns a copy of a file's content in a secmem buffer, which the
 // caller must Wipe. It works on files that are not shown too (a writer may
-// still be writing one whose tokens were all hidden).
+// still be writing one whose tokens were all hidden, or a pending one).
 func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -100,14 +118,15 @@ func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	return secmem.From(f.bytes())
 }
 
-// Has reports whether a file of that name exists, shown or not.
+// Has reports whether a committed file of that name exists, shown or not.
 func (s *Store) Has(name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byName[name] != nil
 }
 
-// Exists returns the name of the file with inode ino, shown or not.
+// Exists returns the name of the file with inode ino, shown, hidden or
+// pending.
 func (s *Store) Exists(ino uint64) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -138,21 +157,31 @@ type Info struct {
 	Name   string       // file name
 	ID     uint64       // stable for the token's life in the store
 	Token  token.Token  // claims
-	Reason token.Reason // token.Valid while visible
+	Reason token.Reason // shown: token.Valid or token.UnknownKey (Mark); hidden: why
 	Hidden bool
+	// Remembered: hidden, its bytes kept in locked memory; it may come
+	// back (Restore).
+	Remembered bool
 }
 
-// Infos returns the metadata of every token, shown and hidden, sorted by
-// file name then position.
+// Infos returns the metadata of every token, shown, remembered and zeroed,
+// sorted by file name then id.
 func (s *Store) Infos() []Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Info
 	for _, f := range s.byName {
-		for _, t := range f.tokens {
-			out = append(out, Info{Name: f.name, ID: t.id, Token: *t.tok})
+		s.pruneLocked(f)
+		for _, l := range f.lines {
+			out = append(out, Info{Name: f.name, ID: l.id, Token: *l.tok, Reason: l.reason, Hidden: !l.shown(), Remembered: !l.shown()})
 		}
-		out = append(out, f.hidden...)
+		for _, h := range f.hidden {
+			// Once per token and reason: a writer's second write (the
+			// newline after the token) brings a remembered token again.
+			if !slices.ContainsFunc(f.lines, func(l tokenLine) bool { return !l.shown() && *l.tok == h.Token && l.reason == h.Reason }) {
+				out = append(out, h)
+			}
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Info) int {
 		return cmp.Or(strings.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
@@ -178,15 +207,18 @@ func (s *Store) Candidates() ([]Candidate, error) {
 	var out []Candidate
 	for _, f := range s.byName {
 		b := f.bytes()
-		for _, t := range f.tokens {
-			raw, err := secmem.From(b[t.start:t.end])
+		for _, l := range f.lines {
+			if !l.shown() {
+				continue
+			}
+			raw, err := secmem.From(b[l.off+l.tokOff : l.off+l.tokOff+l.tokLen])
 			if err != nil {
 				for _, c := range out {
 					c.Raw.Wipe()
 				}
 				return nil, err
 			}
-			out = append(out, Candidate{Name: f.name, ID: t.id, Token: *t.tok, Raw: raw})
+			out = append(out, Candidate{Name: f.name, ID: l.id, Token: *l.tok, Raw: raw})
 		}
 	}
 	return out, nil
