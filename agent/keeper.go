@@ -80,7 +80,7 @@ func (a *Agent) validateAll(ctx context.Context) {
 		if r == token.Valid {
 			continue
 		}
-		if a.store.Hide(c.ID, r) {
+		if a.store.Hide(c.ID, r, 0) {
 			a.log.Warn("token hidden", "name", c.Name, "token", &c.Token, "reason", string(r), "check", by)
 		}
 	}

@@ -437,7 +437,7 @@ func invalidation(t *testing.T, mode func(*Options)) {
 	a, _ := f.store.Lookup("tok")
 	for _, info := range f.store.Infos() {
 		if info.Name == "tok" {
-			f.store.Hide(info.ID, token.RotatedKey)
+			f.store.Hide(info.ID, token.RotatedKey, 0)
 		}
 	}
 	testenv.Eventually(t, 2*time.Second, "hidden token still listed or found", func() bool {
@@ -461,7 +461,7 @@ func TestOpenReaderNeverSeesAMix(t *testing.T) {
 		do   func(*testing.T, *fixture)
 	}{
 		{"hide", func(t *testing.T, f *fixture) {
-			if in := f.store.Infos(); len(in) == 0 || !f.store.Hide(in[0].ID, token.RotatedKey) {
+			if in := f.store.Infos(); len(in) == 0 || !f.store.Hide(in[0].ID, token.RotatedKey, 0) {
 				t.Fatal("no token to hide")
 			}
 		}},

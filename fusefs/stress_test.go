@@ -186,7 +186,7 @@ func TestStress(t *testing.T) {
 			}
 		}
 		if len(shown) > 0 {
-			st.Hide(shown[r.IntN(len(shown))].ID, []token.Reason{token.Expired, token.RotatedKey}[r.IntN(2)])
+			st.Hide(shown[r.IntN(len(shown))].ID, []token.Reason{token.Expired, token.RotatedKey}[r.IntN(2)], 0)
 		}
 	})
 	actor(7*time.Millisecond, func(r *rand.Rand) {
@@ -520,7 +520,7 @@ func TestAppendAfterShrink(t *testing.T) {
 	before, _ := f.store.Lookup("tok")
 	for _, in := range f.store.Infos() {
 		if in.Token.Sub == "s@x" {
-			f.store.Hide(in.ID, token.Expired)
+			f.store.Hide(in.ID, token.Expired, 0)
 		}
 	}
 	// Until the kernel is told, the name still leads to the old inode, and

@@ -336,16 +336,16 @@ func (h *harness) step(in *input) {
 		k := in.next(len(shownInfos) + 1)
 		r := []token.Reason{token.Expired, token.RotatedKey, token.Revoked}[in.next(3)]
 		if k == len(shownInfos) {
-			if h.s.Hide(1<<40, r) {
+			if h.s.Hide(1<<40, r, 0) {
 				t.Fatal("Hide of an id never given out reported a shown token")
 			}
 			return
 		}
 		info := shownInfos[k]
-		if !h.s.Hide(info.ID, r) {
+		if !h.s.Hide(info.ID, r, 0) {
 			t.Fatalf("Hide(%d) of a shown token of %q reported nothing hidden", info.ID, info.Name)
 		}
-		if h.s.Hide(info.ID, r) {
+		if h.s.Hide(info.ID, r, 0) {
 			t.Fatalf("Hide(%d) twice reported a shown token twice", info.ID)
 		}
 		// Infos are sorted by name then id, and ids grow with the position

@@ -10,12 +10,15 @@ import (
 // maxHidden bounds the hidden tokens remembered per file.
 const maxHidden = 8
 
-// Hide hides the token with the given id for reason r. It reports whether
-// the token was still shown. What is left of its file becomes a new inode
+// Hide hides the shown token id for reason r, at key epoch epoch (the
+// token's pool's key generation; 0 when it has none). A token hidden for a
+// reversible reason (r.Reversible()) is remembered while the bound and
+// locked memory allow; any other is zeroed. It reports whether the token
+// was still shown. What is left of its file becomes a new inode
 // and the old one is gone (see the package doc). A file left with no token
 // is no longer shown; it keeps its inode, which only its writer, if it has
 // one, may still use.
-func (s *Store) Hide(id uint64, r token.Reason) bool {
+func (s *Store) Hide(id uint64, r token.Reason, epoch uint64) bool {
 	s.mu.Lock()
 	f, i := s.tokenLocked(id)
 	if f == nil {

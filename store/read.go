@@ -138,8 +138,11 @@ type Info struct {
 	Name   string       // file name
 	ID     uint64       // stable for the token's life in the store
 	Token  token.Token  // claims
-	Reason token.Reason // token.Valid while visible
+	Reason token.Reason // shown: token.Valid or token.UnknownKey (Mark); hidden: why
 	Hidden bool
+	// Remembered: hidden, its bytes kept in locked memory; it may come
+	// back (Restore).
+	Remembered bool
 }
 
 // Infos returns the metadata of every token, shown and hidden, sorted by

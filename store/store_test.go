@@ -121,7 +121,7 @@ func TestHideCutsLineAndKeepsWhy(t *testing.T) {
 	if len(infos) != 2 {
 		t.Fatalf("infos %v", infos)
 	}
-	if !s.Hide(infos[0].ID, token.RotatedKey) {
+	if !s.Hide(infos[0].ID, token.RotatedKey, 0) {
 		t.Fatal("Hide did not find the token")
 	}
 	if got := content(t, s, "f"); got != "# keep me\n"+string(b)+"\n" {
@@ -138,12 +138,12 @@ func TestHideCutsLineAndKeepsWhy(t *testing.T) {
 	if got, want := rec.take(), []Change{{Kind: Removed, Name: "f", Ino: attr.Ino}, {Kind: Added, Name: "f", Ino: attr2.Ino}}; !slices.Equal(got, want) {
 		t.Fatalf("events: %v, want %v", got, want)
 	}
-	if s.Hide(infos[0].ID, token.RotatedKey) {
+	if s.Hide(infos[0].ID, token.RotatedKey, 0) {
 		t.Fatal("hid a token twice")
 	}
 	// Hiding the last token hides the file, which keeps its inode for a
 	// writer it may have.
-	s.Hide(infos[1].ID, token.Expired)
+	s.Hide(infos[1].ID, token.Expired, 0)
 	if _, ok := s.Lookup("f"); ok {
 		t.Fatal("a file with every token hidden is still visible")
 	}
@@ -214,7 +214,7 @@ func TestLimitsAndNames(t *testing.T) {
 	// An invisible file makes room.
 	for _, in := range s.Infos() {
 		if in.Name == "two" {
-			s.Hide(in.ID, token.Expired)
+			s.Hide(in.ID, token.Expired, 0)
 		}
 	}
 	if _, err := s.Put("three", a, nil); err != nil {
@@ -301,7 +301,7 @@ func TestChangesNeverEditAnOpenInode(t *testing.T) {
 		do   func(*Store)
 	}{
 		{"Put", func(s *Store) { s.Put("f", lines(c), nil) }},
-		{"Hide", func(s *Store) { s.Hide(s.Infos()[0].ID, token.Expired) }},
+		{"Hide", func(s *Store) { s.Hide(s.Infos()[0].ID, token.Expired, 0) }},
 	} {
 		s := New(Limits{})
 		before := lines(a, b)
@@ -365,7 +365,7 @@ func TestReadersNeverSeeAMix(t *testing.T) {
 			if i%3 == 0 {
 				for _, in := range s.Infos() {
 					if in.Name == name && !in.Hidden {
-						s.Hide(in.ID, token.Expired)
+						s.Hide(in.ID, token.Expired, 0)
 						break
 					}
 				}

@@ -59,3 +59,15 @@ func ReasonOf(err error) Reason {
 		return Malformed
 	}
 }
+
+// Hides reports whether a token with this verdict is taken out of the
+// directory. Only what breaks HTCondor's tools hides: a token whose key the
+// pool does not have ([UnknownKey]) is skipped harmlessly by the tools, so
+// it stays shown.
+func (r Reason) Hides() bool { return r != Valid && r != UnknownKey }
+
+// Reversible reports whether a hidden token is kept (in locked memory) to
+// come back: a key that arrives later or a rollback can make a [RotatedKey]
+// token good again, and time makes a [NotYetValid] one good. Every other
+// reason that hides is final, and the token's bytes are zeroed at once.
+func (r Reason) Reversible() bool { return r == RotatedKey || r == NotYetValid }

@@ -77,6 +77,20 @@ func (t *Token) ExpiresWithin(now time.Time, margin time.Duration) bool {
 	return t.Exp != 0 && !now.Add(margin).Before(time.Unix(t.Exp, 0))
 }
 
+// Effective returns t as a pool's servers see it: when maxAge > 0 (the
+// pool's SEC_TOKEN_MAX_AGE, which makes servers refuse a token whose iat is
+// older), Exp is lowered to Iat+maxAge. Hiding and refresh use it, so that a
+// token is treated as expired when the servers would refuse it.
+func (t Token) Effective(maxAge time.Duration) Token {
+	if maxAge <= 0 {
+		return t
+	}
+	if limit := t.Iat + int64(maxAge/time.Second); t.Exp == 0 || limit < t.Exp {
+		t.Exp = limit
+	}
+	return t
+}
+
 func malformed(what string) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, what)
 }
