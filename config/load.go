@@ -64,7 +64,7 @@ func Load(path string) (Config, error) {
 	if errs := cfg.check(); len(errs) > 0 {
 		list := make([]error, len(errs))
 		for i, e := range errs {
-			e.File = src[e.Key]
+			e.File = sourceOf(src, e.Key)
 			list[i] = e
 		}
 		return Config{}, errors.Join(list...)
@@ -110,6 +110,11 @@ func decodeFile(path string, cfg *Config, src map[string]string, optional bool) 
 		return decodeError(path, err)
 	}
 
+	if err := poolsNotTables(md); err != nil {
+		return fmt.Errorf("config: %s: %w", path, err)
+	}
+
+	forgetReplacedPools(md, src)
 	known := knownKeys()
 	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
@@ -124,8 +129,11 @@ func decodeFile(path string, cfg *Config, src map[string]string, optional bool) 
 		// Keys must be spelt exactly: the decoder also matches keys that
 		// differ only in case, which would make "Dir" and "dir" in one
 		// file race each other.
-		if known[name] && !undecoded[name] {
+		if known[poolPattern(k)] && !undecoded[name] {
 			src[name] = path
+			for i := 1; i < len(k); i++ { // its tables, implicit ones too (sourceOf)
+				src[k[:i].String()] = path
+			}
 			continue
 		}
 		if insideReported(k, reported) {
@@ -137,7 +145,7 @@ func decodeFile(path string, cfg *Config, src map[string]string, optional bool) 
 			continue
 		}
 		msg := fmt.Sprintf("config: %s: unknown key %s", path, quote(name))
-		if s := suggest(name, known); s != "" {
+		if s := suggestKey(k, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		errs = append(errs, errors.New(msg))
@@ -261,7 +269,8 @@ func decodeError(path string, err error) error {
 
 var typeErrRE = regexp.MustCompile(`^line ([0-9]+) \(last key "([^"]*)"\): (.*)$`)
 
-// knownKeys returns every valid dotted key, tables included.
+// knownKeys returns every valid dotted key, tables included. The keys of a
+// map of tables ([pools.NAME]) have "*" for the name (see poolPattern).
 func knownKeys() map[string]bool {
 	keys := map[string]bool{}
 	var walk func(t reflect.Type, prefix string)
@@ -274,8 +283,12 @@ func knownKeys() map[string]bool {
 			}
 			key := prefix + name
 			keys[key] = true
-			if f.Type.Kind() == reflect.Struct {
+			switch f.Type.Kind() {
+			case reflect.Struct:
 				walk(f.Type, key+".")
+			case reflect.Map:
+				keys[key+".*"] = true
+				walk(f.Type.Elem(), key+".*.")
 			}
 		}
 	}
