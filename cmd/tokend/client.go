@@ -340,13 +340,23 @@ func runFetch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprint(stderr, "\r\033[K")
 	}
 	if err != nil {
-		return fail(stderr, "fetch", err)
+		return fail(stderr, "fetch", olderAgent(err, "pool"))
 	}
 	if *cf.json {
 		return printJSON(stdout, tok)
 	}
 	fmt.Fprintln(stdout, describeFetched(tok))
 	return exitOK
+}
+
+// olderAgent explains the refusal of a request field that an agent of an
+// earlier release does not know (it refuses unknown fields).
+func olderAgent(err error, field string) error {
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeBadRequest && strings.Contains(ae.Message, fmt.Sprintf("unknown field %q", field)) {
+		return fmt.Errorf("the agent is of an earlier release and knows no %s: restart it to run this tokend (systemctl --user restart tokend, or log out and in): %w", field, err)
+	}
+	return err
 }
 
 func describeFetched(tok api.Token) string {

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"regexp"
 	"slices"
 	"strings"
@@ -156,6 +158,28 @@ func TestFetchedFormat(t *testing.T) {
 	for _, tt := range tests {
 		if got := describeFetched(tt.tok); got != tt.want {
 			t.Errorf("describeFetched(%+v) = %q, want %q", tt.tok, got, tt.want)
+		}
+	}
+}
+
+// `tokend fetch --pool` to an agent of an earlier release, which refuses
+// unknown fields, says what to do; other errors pass unchanged.
+func TestOlderAgent(t *testing.T) {
+	old := api.Errorf(api.CodeBadRequest, "malformed request: json: unknown field \"pool\"")
+	err := olderAgent(old, "pool")
+	if !strings.Contains(err.Error(), "earlier release and knows no pool: restart it") || !errors.Is(err, old) {
+		t.Errorf("olderAgent(%v) = %v", old, err)
+	}
+	if code := fail(io.Discard, "fetch", err); code != exitFailure {
+		t.Errorf("exit code %d, want %d", code, exitFailure)
+	}
+	for _, e := range []error{
+		api.Errorf(api.CodeBadRequest, "no pool named \"nope\" (pools: default, osg)"),
+		api.Errorf(api.CodeFetchFailed, "unknown field \"pool\""),
+		errors.New("x"),
+	} {
+		if got := olderAgent(e, "pool"); got != e {
+			t.Errorf("olderAgent(%v) = %v, want it unchanged", e, got)
 		}
 	}
 }
