@@ -136,6 +136,8 @@ func newAgent(o Options) (*Agent, error) {
 		MaxNameLen:  cfg.Limits.MaxNameLen,
 	})
 	a.store.OnChange(func(store.Change) { poke(a.changed) })
+	// Short of locked memory, live tokens come before remembered ones.
+	secmem.SetReclaim(a.store.ReclaimOne)
 	return a, nil
 }
 

@@ -108,7 +108,7 @@ func (a *Agent) Status() api.Status {
 		MemoryLocked:      MemoryLocked(),
 		OpenMode:          a.openMode(),
 		MemoryLockedBytes: mem.Locked,
-		MemoryLockLimit:   mem.Limit,
+		MemoryLockLimit:   max(mem.Limit, 0), // unlimited: no limit to show
 	}
 	for _, in := range a.store.Infos() {
 		switch {

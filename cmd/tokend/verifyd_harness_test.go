@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -219,16 +220,27 @@ func (e *env) signWith(dir, kid, sub string) []byte {
 
 // shown returns what the tools read from the mount, as the user: file name
 // to its tokens.
+//
+// A file hidden between the tools' readdir and their open answers ENOENT,
+// as a file removed at that moment would: the read is made again then.
 func (e *env) shown() map[string][]string {
 	e.t.Helper()
-	out := map[string][]string{}
-	for _, f := range e.read().Files {
-		if f.Err != "" {
-			e.t.Fatalf("the tools could not read %s: %s", f.Path, f.Err)
+	for try := 0; ; try++ {
+		out := map[string][]string{}
+		raced := false
+		for _, f := range e.read().Files {
+			switch {
+			case f.Err != "" && strings.Contains(f.Err, "no such file or directory") && try < 10:
+				raced = true
+			case f.Err != "":
+				e.t.Fatalf("the tools could not read %s: %s", f.Path, f.Err)
+			}
+			out[filepath.Base(f.Path)] = f.Tokens
 		}
-		out[filepath.Base(f.Path)] = f.Tokens
+		if !raced {
+			return out
+		}
 	}
-	return out
 }
 
 // showsToken reports whether the tools read tok from any file of the mount.
