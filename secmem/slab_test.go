@@ -3,10 +3,7 @@ package secmem
 import (
 	"bytes"
 	"errors"
-	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -323,43 +320,14 @@ func TestConcurrentWithFailingLock(t *testing.T) {
 // TestRealLimit runs the capacity check against the kernel's own
 // RLIMIT_MEMLOCK of 64 KiB, as an ordinary user (root is exempt).
 func TestRealLimit(t *testing.T) {
-	if os.Getenv("SECMEM_CHILD") != "" {
+	if testenv.MemlockChild() {
 		realLimitChild()
 		return
 	}
 	if pageSize != 4096 {
 		t.Skip("capacity figures assume 4 KiB pages")
 	}
-	if _, err := exec.LookPath("prlimit"); err != nil {
-		t.Skip("prlimit (util-linux) is not installed")
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A copy the test user can run.
-	dir, err := os.MkdirTemp("", "secmem-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "secmem.test")
-	copyFile(t, self, bin)
-
-	args := []string{"--memlock=65536:65536", "--", bin, "-test.run=^TestRealLimit$"}
-	cmd := exec.Command("prlimit", args...)
-	if os.Geteuid() == 0 {
-		cmd = testenv.Command(testenv.Lookup(t, testenv.UserName), "prlimit", args...)
-	}
-	cmd.Env = append(cmd.Environ(), "SECMEM_CHILD=1", "GORACE=atexit_sleep_ms=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child under a 64 KiB RLIMIT_MEMLOCK: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "locked=144 ") {
+	if out := testenv.RunUnderMemlock(t, "TestRealLimit", 64<<10); !strings.Contains(out, "locked=144 ") {
 		t.Fatalf("child output %q: want 144 secrets of 400 bytes locked", out)
 	}
 }
@@ -396,23 +364,4 @@ func realLimitChild() {
 	b.Wipe()
 	wipeAll(bufs)
 	os.Stdout.WriteString("locked=" + strconv.Itoa(n) + " \n")
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	src, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	dst, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
 }

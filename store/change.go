@@ -23,54 +23,78 @@ func (s *Store) CheckName(name string) error {
 	return nil
 }
 
-// Create makes an empty file. It fails with ErrExists if a visible file has
-// that name; an invisible one (all tokens hidden) is replaced.
+// Create makes an empty file, pending until its first commit (see the
+// package doc, "Files being created"): only its inode can be used, and no
+// change is reported. It fails with ErrExists if a visible file has that
+// name; an invisible one stays as it is until the commit.
 func (s *Store) Create(name string) (Attr, error) {
 	if err := s.CheckName(name); err != nil {
 		return Attr{}, err
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if old := s.byName[name]; old != nil && old.visible() {
-		s.mu.Unlock()
 		return Attr{}, ErrExists
 	}
-	f, err := s.newFileLocked(name)
-	if err != nil {
-		s.mu.Unlock()
+	if err := s.roomLocked(); err != nil {
 		return Attr{}, err
 	}
-	f.mtime = s.now()
+	s.lastIno++
+	f := &file{name: name, ino: s.lastIno, pending: true, mtime: s.now()}
+	s.byIno[f.ino] = f
+	s.pending++
 	s.lastChange++
 	f.changed = s.lastChange
-	a := f.attr()
-	s.mu.Unlock()
-	s.notify([]Change{{Kind: Added, Name: name, Ino: a.Ino}})
-	return a, nil
+	return f.attr(), nil
 }
 
-// newFileLocked adds an empty file, replacing an invisible one of that name
-// and evicting the oldest invisible files when at the file limit.
+// roomLocked makes room for one more file, evicting the oldest invisible
+// files when at the file limit. Pending files count but are not evicted:
+// their writers are still writing.
+func (s *Store) roomLocked() error {
+	if s.closed {
+		return ErrClosed
+	}
+	for len(s.byName)+s.pending >= s.limits.MaxFiles {
+		victim := s.oldestInvisibleLocked()
+		if victim == nil {
+			return ErrTooMany
+		}
+		s.dropLocked(victim)
+	}
+	return nil
+}
+
+// newFileLocked adds an empty file for new content of name, replacing any
+// file of that name (its remembered tokens are zeroed, why they were hidden
+// is kept) and making room.
 func (s *Store) newFileLocked(name string) (*file, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	var hidden []Info
-	if old := s.byName[name]; old != nil {
-		hidden = old.hidden // still worth showing in `tokend list --all`
-		s.dropLocked(old)
-	}
-	for len(s.byName) >= s.limits.MaxFiles {
-		victim := s.oldestInvisibleLocked()
-		if victim == nil {
-			return nil, ErrTooMany
-		}
-		s.dropLocked(victim)
+	hidden := s.takeNameLocked(name)
+	if err := s.roomLocked(); err != nil {
+		return nil, err
 	}
 	s.lastIno++
 	f := &file{name: name, ino: s.lastIno, hidden: hidden}
 	s.byName[name] = f
 	s.byIno[f.ino] = f
 	return f, nil
+}
+
+// takeNameLocked drops the committed file of name, if any, for new
+// content, and returns why its tokens were hidden: still worth showing in
+// `tokend list --all`.
+func (s *Store) takeNameLocked(name string) []Info {
+	old := s.byName[name]
+	if old == nil {
+		return nil
+	}
+	s.forgetAllLocked(old)
+	hidden := old.hidden
+	s.dropLocked(old)
+	return hidden
 }
 
 func (s *Store) oldestInvisibleLocked() *file {
@@ -84,8 +108,13 @@ func (s *Store) oldestInvisibleLocked() *file {
 }
 
 func (s *Store) dropLocked(f *file) {
+	s.forgetAllLocked(f)
 	f.wipe()
-	delete(s.byName, f.name)
+	if f.pending {
+		s.pending--
+	} else {
+		delete(s.byName, f.name)
+	}
 	delete(s.byIno, f.ino)
 }
 
@@ -132,6 +161,8 @@ func (s *Store) Put(name string, content []byte, check func(*token.Token) token.
 // Replace sets the content of file ino (the filesystem's write path),
 // keeping its name and inode: the one change made in place (see the package
 // doc). The file may be one that is not shown: its writer is still writing.
+// The first Replace of a pending file gives it its name, replacing the file
+// that had it (Replaced, or Added).
 func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) token.Reason) (Attr, error) {
 	parsed, err := s.parse(content, check)
 	if err != nil {
@@ -144,6 +175,9 @@ func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) tok
 		parsed.wipe()
 		return Attr{}, ErrNotFound
 	}
+	if f.pending {
+		return s.commitLocked(f, parsed)
+	}
 	was := f.visible()
 	s.setLocked(f, parsed)
 	a, vis, name := f.attr(), f.visible(), f.name
@@ -155,6 +189,31 @@ func (s *Store) Replace(ino uint64, content []byte, check func(*token.Token) tok
 		s.notify([]Change{{Kind: Added, Name: name, Ino: ino}})
 	case was:
 		s.notify([]Change{{Kind: Removed, Name: name, Ino: ino}})
+	}
+	return a, nil
+}
+
+// commitLocked gives pending file f its name and first content, and
+// unlocks.
+func (s *Store) commitLocked(f *file, p *parsed) (Attr, error) {
+	var old uint64
+	if o := s.byName[f.name]; o != nil && o.visible() {
+		old = o.ino
+	}
+	f.hidden = s.takeNameLocked(f.name)
+	f.pending = false
+	s.pending--
+	s.byName[f.name] = f
+	s.setLocked(f, p)
+	a, vis := f.attr(), f.visible()
+	s.mu.Unlock()
+	switch {
+	case vis && old != 0:
+		s.notify([]Change{{Kind: Replaced, Name: f.name, Ino: a.Ino, Old: old}})
+	case vis:
+		s.notify([]Change{{Kind: Added, Name: f.name, Ino: a.Ino}})
+	case old != 0:
+		s.notify([]Change{{Kind: Removed, Name: f.name, Ino: old}})
 	}
 	return a, nil
 }
@@ -192,8 +251,8 @@ func (s *Store) later(prev time.Time) time.Time {
 // parsed is content checked outside the lock, ready to be installed.
 type parsed struct {
 	content *secmem.Buffer
-	tokens  []tokenLine
-	reasons []token.Reason // per token, from the quick check
+	lines   []tokenLine
+	reasons []token.Reason // per token line, from the quick check
 }
 
 func (p *parsed) wipe() { p.content.Wipe() }
@@ -218,7 +277,18 @@ func (s *Store) parse(content []byte, check func(*token.Token) token.Reason) (*p
 		if check != nil {
 			r = check(l.Token)
 		}
-		p.tokens = append(p.tokens, tokenLine{start: l.Start, end: l.End, tok: l.Token})
+		// The whole line, terminator included: what hiding cuts out.
+		from, to := l.Start, l.End
+		for from > 0 && content[from-1] != '\n' {
+			from--
+		}
+		for to < len(content) && content[to] != '\n' {
+			to++
+		}
+		if to < len(content) {
+			to++
+		}
+		p.lines = append(p.lines, tokenLine{tok: l.Token, off: from, size: to - from, tokOff: l.Start - from, tokLen: l.End - l.Start})
 		p.reasons = append(p.reasons, r)
 	}
 	if len(content) > 0 {
@@ -229,41 +299,55 @@ func (s *Store) parse(content []byte, check func(*token.Token) token.Reason) (*p
 	return p, nil
 }
 
-// setLocked installs parsed content into f, then hides what the quick check
-// rejected: in place, as no reader has seen that content yet.
+// setLocked installs parsed content into f, new content for its name: the
+// file's remembered tokens are zeroed first. Then it hides what the quick
+// check rejected, in place, as no reader has seen that content yet: a
+// not-yet-valid token is remembered (key epoch 0), others are zeroed.
 func (s *Store) setLocked(f *file, p *parsed) {
+	s.forgetAllLocked(f)
 	f.wipe()
 	f.emptied = false
 	f.content = p.content
-	f.tokens = p.tokens
-	for i := range f.tokens {
+	f.lines = p.lines
+	for i := range f.lines {
 		s.lastID++
-		f.tokens[i].id = s.lastID
+		f.lines[i].id = s.lastID
 	}
 	s.touchLocked(f)
-	for i := len(f.tokens) - 1; i >= 0; i-- {
-		if r := p.reasons[i]; r != token.Valid {
-			s.hideLocked(f, i, r)
+	for i := len(f.lines) - 1; i >= 0; i-- {
+		switch r := p.reasons[i]; {
+		case r.Hides():
+			if !s.hideLocked(f, i, r, 0) {
+				return // the whole file is hidden
+			}
+		case r != token.Valid:
+			f.lines[i].reason = r
 		}
 	}
 }
 
-// Remove deletes a visible file and zeroes its content.
+// Remove deletes a file and zeroes its content and remembered tokens. The
+// file may be one that is not shown (every token hidden): `tokend rm NAME`
+// forgets a name whose tokens are only remembered.
 func (s *Store) Remove(name string) error {
 	s.mu.Lock()
 	f := s.byName[name]
-	if f == nil || !f.visible() {
+	if f == nil {
 		s.mu.Unlock()
 		return ErrNotFound
 	}
+	vis := f.visible()
 	s.dropLocked(f)
 	s.mu.Unlock()
-	s.notify([]Change{{Kind: Removed, Name: name, Ino: f.ino}})
+	if vis {
+		s.notify([]Change{{Kind: Removed, Name: name, Ino: f.ino}})
+	}
 	return nil
 }
 
-// Rename moves a visible file to a new name, replacing a file there unless
-// noReplace is set.
+// Rename moves a visible file, with its remembered tokens, to a new name,
+// replacing a file there unless noReplace is set: new content for that
+// name, so the replaced file's remembered tokens are zeroed.
 func (s *Store) Rename(from, to string, noReplace bool) error {
 	if err := s.CheckName(to); err != nil {
 		return err
@@ -279,6 +363,7 @@ func (s *Store) Rename(from, to string, noReplace bool) error {
 		return nil
 	}
 	var changes []Change
+	var hidden []Info
 	if old := s.byName[to]; old != nil {
 		if noReplace && old.visible() {
 			s.mu.Unlock()
@@ -287,13 +372,16 @@ func (s *Store) Rename(from, to string, noReplace bool) error {
 		if old.visible() {
 			changes = append(changes, Change{Kind: Removed, Name: to, Ino: old.ino})
 		}
-		s.dropLocked(old)
+		hidden = s.takeNameLocked(to)
 	}
 	delete(s.byName, from)
 	f.name = to
 	for i := range f.hidden {
 		f.hidden[i].Name = to
 	}
+	// Why the replaced file's tokens were hidden stays listed under the name.
+	f.hidden = append(hidden, f.hidden...)
+	f.hidden = f.hidden[max(0, len(f.hidden)-maxHidden):]
 	s.byName[to] = f
 	changes = append(changes, Change{Kind: Removed, Name: from, Ino: f.ino}, Change{Kind: Added, Name: to, Ino: f.ino})
 	s.mu.Unlock()
@@ -309,12 +397,14 @@ func (s *Store) Close() {
 	s.Wipe()
 }
 
-// Wipe zeroes and drops every file.
+// Wipe zeroes and drops every file, remembered tokens and pending files
+// included. A pending file is reported Removed too, under the name it was
+// created with, so that its writer's draft goes with it.
 func (s *Store) Wipe() {
 	s.mu.Lock()
 	var changes []Change
-	for _, f := range s.byName {
-		if f.visible() {
+	for _, f := range s.byIno {
+		if f.visible() || f.pending {
 			changes = append(changes, Change{Kind: Removed, Name: f.name, Ino: f.ino})
 		}
 		s.dropLocked(f)

@@ -16,24 +16,33 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
-// FuzzStore runs arbitrary sequences of Put, Create, Replace, Hide, Remove,
-// Rename, Wipe and reads, and checks after every step that the store shows
-// exactly what a simple model says, that its change events replay into the
-// same set of names (the filesystem's cache invalidation depends on them),
-// that inode numbers are never reused, and that every secret buffer is
-// released once the store is wiped.
+// FuzzStore runs arbitrary sequences of Put, Create, Replace, Abandon, Hide,
+// Restore, Missed, Forget, Mark, Remove, Rename, Wipe and reads, and checks
+// after every step that the store shows exactly what a simple model says
+// (byte for byte: a restored token is back at its place), that its change
+// events replay into the same set of names (the filesystem's cache
+// invalidation depends on them), that inode numbers are never reused, and
+// that every secret buffer is released once the store is wiped.
 func FuzzStore(f *testing.F) {
 	f.Add([]byte{})
 	// Put a, put b, hide the first shown token, rename a onto b, remove b.
-	f.Add([]byte{opPut, 0, 0, opPut, 1, 3, opHide, 0, 1, opRename, 0, 1, 0, opRemove, 1})
+	f.Add([]byte{opPut, 0, 0, opPut, 1, 3, opHide, 0, 1, 0, opRename, 0, 1, 0, opRemove, 1})
 	// Create, replace by inode, a file whose tokens are all rejected, wipe.
 	f.Add([]byte{opCreate, 2, opReplace, 0, 2, opReplace, 1, 0, opPut, 3, 4, opPut, 3, 0, opWipe, opPut, 0, 5})
 	// Up to the file limit and over it; bad names; garbage, NUL, too big.
 	f.Add([]byte{opPut, 0, 0, opPut, 1, 1, opPut, 2, 2, opPut, 3, 3, opPut, 4, 0, opPut, 5, 0, opPut, 6, 0, opPut, 7, 0,
 		opPut, 0, 8, opPut, 0, 9, opPut, 0, 10, opCreate, 0, opRename, 0, 6, 1, opRename, 0, 1, 1})
 	// Hide every token of a two-token file, then write it again.
-	f.Add([]byte{opPut, 0, 3, opHide, 0, 0, opHide, 0, 2, opCandidates, opPut, 0, 3, opRead, 0, 5})
-	f.Add([]byte{opPut, 0, 11, opPut, 1, 12, opPut, 2, 7, opPut, 3, 6, opHide, 1, 3, opRead, 1, 200, opCandidates})
+	f.Add([]byte{opPut, 0, 3, opHide, 0, 0, 0, opHide, 0, 2, 0, opCandidates, opPut, 0, 3, opRead, 0, 5})
+	f.Add([]byte{opPut, 0, 11, opPut, 1, 12, opPut, 2, 7, opPut, 3, 6, opHide, 1, 3, 0, opRead, 1, 200, opCandidates})
+	// Remember both tokens of a commented file, restore them out of order.
+	f.Add([]byte{opPut, 0, 5, opHide, 0, 1, 1, opHide, 0, 1, 1, opRestore, 1, opRestore, 0, opRead, 0, 0})
+	// A not-yet-valid token at Put; missed twice; a rename carries the rest.
+	f.Add([]byte{opPut, 1, 13, opMissed, 0, 1, opMissed, 0, 1, opMissed, 0, 2, opHide, 0, 1, 2, opRename, 1, 2, 0, opRestore, 0})
+	// A pending file: refused (abandoned), then committed over a hidden one.
+	f.Add([]byte{opPut, 0, 0, opHide, 0, 1, 0, opCreate, 0, opAbandon, 0, opCreate, 0, opReplace, 0, 1, opRestore, 0})
+	// Forget, mark, remove a name with only remembered tokens.
+	f.Add([]byte{opPut, 2, 3, opMark, 0, 1, opHide, 0, 1, 0, opHide, 0, 1, 0, opForget, 0, opRemove, 2})
 
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		baseline := secmem.Live()
@@ -43,12 +52,19 @@ func FuzzStore(f *testing.F) {
 			h.check()
 		}
 		h.s.Close()
+		h.wipedPending(maps.Keys(h.pending))
 		h.settleEvents()
 		if len(h.seen) != 0 {
 			t.Fatalf("after Close the change events still show %v", slices.Sorted(maps.Keys(h.seen)))
 		}
 		if _, err := h.s.Put("a", h.content(0), nil); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Put after Close: %v, want ErrClosed", err)
+		}
+		if _, err := h.s.Create("a"); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Create after Close: %v, want ErrClosed", err)
+		}
+		if len(h.s.Infos()) != 0 || len(h.s.Remembered()) != 0 {
+			t.Fatal("Close left tokens listed")
 		}
 		if n := secmem.Live() - baseline; n != 0 {
 			t.Fatalf("%d secret buffers were never wiped", n)
@@ -67,6 +83,11 @@ const (
 	opWipe
 	opCandidates
 	opRead
+	opRestore
+	opMissed
+	opForget
+	opMark
+	opAbandon
 	numOps
 )
 
@@ -94,7 +115,7 @@ var fuzzNames = []string{"a", "b", "c", "d", "e", "TOOL_x", "", "x/y", "..", "lo
 
 // fuzzTokens are signed once; "bad" ones are rejected by fuzzCheck.
 var fuzzTokens = sync.OnceValue(func() [][]byte {
-	subs := []string{"alice@example.org", "b@x", "carol.long.name@example.org", "d@x", "bad-1@x", "bad-2@example.org"}
+	subs := []string{"alice@example.org", "b@x", "carol.long.name@example.org", "d@x", "bad-1@x", "bad-2@example.org", "later@x"}
 	out := make([][]byte, len(subs))
 	for i, sub := range subs {
 		raw, err := token.Sign(token.Claims{Issuer: "example.org", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, "POOL", key)
@@ -107,8 +128,11 @@ var fuzzTokens = sync.OnceValue(func() [][]byte {
 })
 
 func fuzzCheck(t *token.Token) token.Reason {
-	if strings.HasPrefix(t.Sub, "bad") {
+	switch {
+	case strings.HasPrefix(t.Sub, "bad"):
 		return token.Revoked
+	case t.Sub == "later@x":
+		return token.NotYetValid
 	}
 	return token.Valid
 }
@@ -137,16 +161,78 @@ func fuzzContents() []fuzzContent {
 		{bytes.Repeat([]byte("#\n"), 513), nil},
 		{[]byte("\r\n" + string(tk[3]) + "\r\n  \n"), [][]byte{tk[3]}},
 		{tk[2], [][]byte{tk[2]}},
+		{nl([]byte("# soon"), tk[6], []byte(" \t"+string(tk[0]))), [][]byte{tk[6], tk[0]}},
 	}
+}
+
+// Token line states in the model.
+const (
+	lineShown = iota
+	lineRemembered
+	lineGone
+)
+
+type modelLine struct {
+	raw    []byte
+	state  int
+	reason token.Reason // shown: Valid or UnknownKey; otherwise why hidden
+	seq    int          // remembered: hide order
+	epoch  uint64
+	misses int
 }
 
 // modelFile is a file as the model sees it: every file the store keeps,
 // shown or not.
 type modelFile struct {
 	ino     uint64
-	tokens  [][]byte // shown token lines, in order
-	visible bool     // not every token of it hidden
-	seq     int      // when its mtime last changed: eviction takes the oldest
+	commit  []byte      // the content of its last commit
+	lines   []modelLine // the token lines of commit, in order
+	visible bool        // not every token of it hidden
+	seq     int         // when its mtime last changed: eviction takes the oldest
+}
+
+// shownTokens returns the shown token lines, in order.
+func (m *modelFile) shownTokens() [][]byte {
+	out := [][]byte{}
+	for _, l := range m.lines {
+		if l.state == lineShown {
+			out = append(out, l.raw)
+		}
+	}
+	return out
+}
+
+// nth returns the index of the k-th line in state st.
+func (m *modelFile) nth(st, k int) int {
+	for i, l := range m.lines {
+		if l.state == st {
+			if k == 0 {
+				return i
+			}
+			k--
+		}
+	}
+	return -1
+}
+
+// want is the content the store must hold: the commit without the lines of
+// tokens not shown. Lines are split on '\n', a token line is one that is
+// neither blank nor a comment once trimmed.
+func (m *modelFile) want() []byte {
+	var out []byte
+	k := 0
+	for _, line := range bytes.SplitAfter(m.commit, []byte("\n")) {
+		trimmed := bytes.TrimSpace(line)
+		if len(trimmed) > 0 && trimmed[0] != '#' {
+			st := m.lines[k].state
+			k++
+			if st != lineShown {
+				continue
+			}
+		}
+		out = append(out, line...)
+	}
+	return out
 }
 
 type harness struct {
@@ -154,10 +240,13 @@ type harness struct {
 	s        *Store
 	contents []fuzzContent
 	model    map[string]*modelFile
+	pending  map[uint64]string // pending files: inode -> name
 	clock    int               // the model's mtime
+	hides    int               // the model's hide order
 	maxIno   uint64            // highest inode number seen
 	gone     map[uint64]bool   // inode numbers of dropped files
 	seen     map[string]uint64 // visible names replayed from change events
+	quiet    map[uint64]bool   // pending inodes whose Removed (at a wipe) is expected
 	events   *recorder
 }
 
@@ -167,8 +256,10 @@ func newHarness(t *testing.T) *harness {
 		s:        New(fuzzLimits),
 		contents: fuzzContents(),
 		model:    map[string]*modelFile{},
+		pending:  map[uint64]string{},
 		gone:     map[uint64]bool{},
 		seen:     map[string]uint64{},
+		quiet:    map[uint64]bool{},
 		events:   &recorder{},
 	}
 	h.s.OnChange(h.events.add)
@@ -194,22 +285,6 @@ func (h *harness) byIno(ino uint64) (string, *modelFile) {
 	return "", nil
 }
 
-// shown returns the token lines of c that the check lets through, and
-// whether the file stays visible (it had no token, or one survived).
-func shown(c fuzzContent) ([][]byte, bool) {
-	var out [][]byte
-	for _, raw := range c.tokens {
-		tk, err := token.Parse(raw)
-		if err != nil {
-			panic(err)
-		}
-		if fuzzCheck(tk) == token.Valid {
-			out = append(out, raw)
-		}
-	}
-	return out, len(c.tokens) == 0 || len(out) > 0
-}
-
 func (h *harness) drop(name string) {
 	if m := h.model[name]; m != nil {
 		h.gone[m.ino] = true
@@ -217,12 +292,11 @@ func (h *harness) drop(name string) {
 	}
 }
 
-// newFile is the store's newFileLocked: it replaces a hidden file of that
-// name, evicts the oldest hidden files at the limit, and fails with
-// ErrTooMany when every file is shown.
-func (h *harness) newFile(name string, ino uint64) error {
-	h.drop(name)
-	for len(h.model) >= fuzzLimits.MaxFiles {
+// room is the store's roomLocked: it evicts the oldest hidden files at the
+// limit (pending files count), and fails with ErrTooMany when every file is
+// shown or pending.
+func (h *harness) room() error {
+	for len(h.model)+len(h.pending) >= fuzzLimits.MaxFiles {
 		victim := ""
 		for n, m := range h.model {
 			if !m.visible && (victim == "" || m.seq < h.model[victim].seq) {
@@ -234,20 +308,114 @@ func (h *harness) newFile(name string, ino uint64) error {
 		}
 		h.drop(victim)
 	}
-	if ino <= h.maxIno {
-		h.t.Fatalf("new file %q got inode %d, not above every earlier one (%d)", name, ino, h.maxIno)
-	}
-	h.maxIno = ino
-	h.clock++
-	h.model[name] = &modelFile{ino: ino, tokens: [][]byte{}, visible: true, seq: h.clock}
 	return nil
 }
 
-// set installs content c into a file after a successful write.
+func (h *harness) newIno(what string, ino uint64) {
+	if ino <= h.maxIno {
+		h.t.Fatalf("%s got inode %d, not above every earlier one (%d)", what, ino, h.maxIno)
+	}
+	h.maxIno = ino
+}
+
+// newFile is the store's newFileLocked: it replaces any file of that name,
+// then makes room.
+func (h *harness) newFile(name string, ino uint64) error {
+	h.drop(name)
+	if err := h.room(); err != nil {
+		return err
+	}
+	h.newIno(fmt.Sprintf("new file %q", name), ino)
+	h.clock++
+	h.model[name] = &modelFile{ino: ino, visible: true, seq: h.clock}
+	return nil
+}
+
+// set installs content c into a file after a successful commit: its
+// remembered tokens go, and the quick check hides (last line first, as the
+// store does) what it rejects.
 func (h *harness) set(m *modelFile, c fuzzContent) {
-	m.tokens, m.visible = shown(c)
+	m.commit = c.text
+	m.lines = nil
+	for _, raw := range c.tokens {
+		tk, err := token.Parse(raw)
+		if err != nil {
+			panic(err)
+		}
+		m.lines = append(m.lines, modelLine{raw: raw, reason: fuzzCheck(tk)})
+	}
+	for i := len(m.lines) - 1; i >= 0; i-- {
+		l := &m.lines[i]
+		switch {
+		case l.reason.Reversible():
+			h.hides++
+			l.state, l.seq = lineRemembered, h.hides
+		case l.reason.Hides():
+			l.state = lineGone
+		}
+	}
+	m.visible = len(c.tokens) == 0 || len(m.shownTokens()) > 0
 	h.clock++
 	m.seq = h.clock
+}
+
+// wipedPending expects a Removed event for each pending inode: a wipe
+// drops them.
+func (h *harness) wipedPending(inos func(func(uint64) bool)) {
+	for ino := range inos {
+		h.quiet[ino] = true
+		h.gone[ino] = true
+		delete(h.pending, ino)
+	}
+}
+
+// renumbered records that name's file got a new inode (a hide or restore
+// that leaves it shown).
+func (h *harness) renumbered(name string, m *modelFile, what string) {
+	a, ok := h.s.Lookup(name)
+	if !ok || a.Ino <= h.maxIno {
+		h.t.Fatalf("after %s %q has inode %d (shown %v), want a new one above %d", what, name, a.Ino, ok, h.maxIno)
+	}
+	h.gone[m.ino] = true
+	m.ino, h.maxIno = a.Ino, a.Ino
+}
+
+// remembered returns the model's remembered lines in hide order, with
+// their files' names.
+func (h *harness) remembered() (names []string, lines []*modelLine) {
+	type ref struct {
+		name string
+		l    *modelLine
+	}
+	var refs []ref
+	for name, m := range h.model {
+		for i := range m.lines {
+			if m.lines[i].state == lineRemembered {
+				refs = append(refs, ref{name, &m.lines[i]})
+			}
+		}
+	}
+	slices.SortFunc(refs, func(a, b ref) int { return cmp.Compare(a.l.seq, b.l.seq) })
+	for _, r := range refs {
+		names, lines = append(names, r.name), append(lines, r.l)
+	}
+	return names, lines
+}
+
+// pickRemembered chooses the k-th remembered token (in hide order), or an
+// id that is not remembered. It returns the store's record and the model's
+// line, nil for the latter.
+func (h *harness) pickRemembered(in *input) (Remembered, *modelLine) {
+	rs := h.s.Remembered()
+	k := in.next(len(rs) + 1)
+	if k == len(rs) {
+		return Remembered{ID: 1 << 40}, nil
+	}
+	names, lines := h.remembered()
+	if len(names) != len(rs) || names[k] != rs[k].Name {
+		h.t.Fatalf("Remembered lists %d tokens (the %d-th of %q), the model %d (%v)", len(rs), k, rs[k].Name, len(names), names)
+	}
+	return rs[k], lines[k]
 }
 
 // wantErr fails unless err matches want (nil for success).
@@ -309,21 +477,49 @@ func (h *harness) step(in *input) {
 		case h.visible(name) != nil:
 			h.wantErr(what, err, ErrExists)
 		default:
-			h.wantErr(what, err, h.newFile(name, a.Ino))
+			// A pending file: no name yet, nothing replaced.
+			h.wantErr(what, err, h.room())
+			if err == nil {
+				h.newIno(what, a.Ino)
+				h.pending[a.Ino] = name
+				if !h.s.Pending(a.Ino) {
+					t.Fatalf("%s: inode %d is not pending", what, a.Ino)
+				}
+			}
 		}
 	case opReplace:
-		// Any recent inode number: shown, hidden, dropped or never given out.
+		// Any recent inode number: shown, hidden, pending, dropped or
+		// never given out.
 		ino := h.maxIno + 1 - uint64(in.next(4))
 		c := h.contents[in.next(len(h.contents))]
 		_, err := h.s.Replace(ino, c.text, fuzzCheck)
 		_, m := h.byIno(ino)
+		name, pending := h.pending[ino]
 		want := contentErr(c)
-		if want == nil && m == nil {
+		if want == nil && m == nil && !pending {
 			want = ErrNotFound
 		}
 		h.wantErr(fmt.Sprintf("Replace(%d)", ino), err, want)
-		if want == nil {
+		switch {
+		case want != nil:
+		case pending:
+			// The first commit names it, replacing that name's file.
+			delete(h.pending, ino)
+			h.drop(name)
+			h.model[name] = &modelFile{ino: ino}
+			h.set(h.model[name], c)
+		default:
 			h.set(m, c)
+		}
+	case opAbandon:
+		ino := h.maxIno + 1 - uint64(in.next(4))
+		_, pending := h.pending[ino]
+		if got := h.s.Abandon(ino); got != pending {
+			t.Fatalf("Abandon(%d) = %v, the model says pending %v", ino, got, pending)
+		}
+		if pending {
+			delete(h.pending, ino)
+			h.gone[ino] = true
 		}
 	case opHide:
 		// The k-th shown token, or an id that is not shown.
@@ -334,22 +530,24 @@ func (h *harness) step(in *input) {
 			}
 		}
 		k := in.next(len(shownInfos) + 1)
-		r := []token.Reason{token.Expired, token.RotatedKey, token.Revoked}[in.next(3)]
+		r := []token.Reason{token.Expired, token.RotatedKey, token.Revoked, token.NotYetValid}[in.next(4)]
+		epoch := uint64(in.next(3))
 		if k == len(shownInfos) {
-			if h.s.Hide(1<<40, r, 0) {
+			if h.s.Hide(1<<40, r, epoch) {
 				t.Fatal("Hide of an id never given out reported a shown token")
 			}
 			return
 		}
 		info := shownInfos[k]
-		if !h.s.Hide(info.ID, r, 0) {
+		if !h.s.Hide(info.ID, r, epoch) {
 			t.Fatalf("Hide(%d) of a shown token of %q reported nothing hidden", info.ID, info.Name)
 		}
-		if h.s.Hide(info.ID, r, 0) {
+		if h.s.Hide(info.ID, r, epoch) {
 			t.Fatalf("Hide(%d) twice reported a shown token twice", info.ID)
 		}
 		// Infos are sorted by name then id, and ids grow with the position
-		// in the file: the k-th shown info of a name is its k-th token.
+		// in the file: the k-th shown info of a name is its k-th shown
+		// token.
 		pos := 0
 		for _, other := range shownInfos[:k] {
 			if other.Name == info.Name {
@@ -357,34 +555,117 @@ func (h *harness) step(in *input) {
 			}
 		}
 		m := h.visible(info.Name)
-		if m == nil || pos >= len(m.tokens) {
+		i := -1
+		if m != nil {
+			i = m.nth(lineShown, pos)
+		}
+		if i < 0 {
 			t.Fatalf("Infos shows token %d of %q, which the model does not have", pos, info.Name)
 		}
-		m.tokens = slices.Delete(m.tokens, pos, pos+1)
-		m.visible = len(m.tokens) > 0
+		l := &m.lines[i]
+		l.reason = r
+		if r.Reversible() {
+			h.hides++
+			l.state, l.seq, l.epoch, l.misses = lineRemembered, h.hides, epoch, 0
+		} else {
+			l.state = lineGone
+		}
+		m.visible = len(m.shownTokens()) > 0
 		h.clock++
 		m.seq = h.clock
 		// What is left is a new inode; a file left with no token keeps
 		// its own.
 		if m.visible {
-			a, ok := h.s.Lookup(info.Name)
-			if !ok || a.Ino <= h.maxIno {
-				t.Fatalf("after Hide(%d) %q has inode %d (shown %v), want a new one above %d", info.ID, info.Name, a.Ino, ok, h.maxIno)
-			}
-			h.gone[m.ino] = true
-			m.ino, h.maxIno = a.Ino, a.Ino
+			h.renumbered(info.Name, m, fmt.Sprintf("Hide(%d)", info.ID))
 		}
 		// A token hidden again for the same reason is listed once.
 		if !slices.ContainsFunc(h.s.Infos(), func(i Info) bool {
-			return i.Name == info.Name && i.Token == info.Token && i.Hidden && i.Reason == r
+			return i.Name == info.Name && i.Token == info.Token && i.Hidden && i.Reason == r && i.Remembered == r.Reversible()
 		}) {
 			t.Fatalf("hidden token %d of %q is not listed as hidden for %q", info.ID, info.Name, r)
 		}
+	case opRestore:
+		r, l := h.pickRemembered(in)
+		var raw []byte
+		if h.s.WithRemembered(r.ID, func(b []byte) { raw = bytes.Clone(b) }) != (l != nil) {
+			t.Fatalf("WithRemembered(%d) disagrees with the model (remembered: %v)", r.ID, l != nil)
+		}
+		if l != nil && !bytes.Equal(raw, l.raw) {
+			t.Fatalf("WithRemembered(%d) gave other bytes than the token hidden", r.ID)
+		}
+		if got := h.s.Restore(r.ID); got != (l != nil) {
+			t.Fatalf("Restore(%d) = %v, the model says remembered %v", r.ID, got, l != nil)
+		}
+		if l == nil {
+			return
+		}
+		if h.s.Restore(r.ID) {
+			t.Fatalf("Restore(%d) twice", r.ID)
+		}
+		m := h.model[r.Name]
+		l.state, l.reason, l.epoch, l.misses = lineShown, token.Valid, 0, 0
+		m.visible = true
+		h.clock++
+		m.seq = h.clock
+		h.renumbered(r.Name, m, fmt.Sprintf("Restore(%d)", r.ID))
+	case opMissed:
+		r, l := h.pickRemembered(in)
+		epoch := uint64(in.next(4))
+		zeroed := l != nil && epoch > l.epoch && l.misses == 1
+		if got := h.s.Missed(r.ID, epoch); got != zeroed {
+			t.Fatalf("Missed(%d, %d) = %v, want %v", r.ID, epoch, got, zeroed)
+		}
+		switch {
+		case l == nil || epoch <= l.epoch:
+		case zeroed:
+			l.state = lineGone
+		default:
+			l.epoch, l.misses = epoch, l.misses+1
+		}
+	case opForget:
+		r, l := h.pickRemembered(in)
+		if got := h.s.Forget(r.ID, token.Expired); got != (l != nil) {
+			t.Fatalf("Forget(%d) = %v, the model says remembered %v", r.ID, got, l != nil)
+		}
+		if l != nil {
+			l.state, l.reason = lineGone, token.Expired
+		}
+	case opMark:
+		var shownInfos []Info
+		for _, info := range h.s.Infos() {
+			if !info.Hidden {
+				shownInfos = append(shownInfos, info)
+			}
+		}
+		k := in.next(len(shownInfos) + 1)
+		r := []token.Reason{token.UnknownKey, token.Valid, token.Expired}[in.next(3)]
+		if k == len(shownInfos) {
+			if h.s.Mark(1<<40, token.UnknownKey) {
+				t.Fatal("Mark of an id never given out reported a shown token")
+			}
+			return
+		}
+		info := shownInfos[k]
+		if got := h.s.Mark(info.ID, r); got != !r.Hides() {
+			t.Fatalf("Mark(%d, %q) = %v", info.ID, r, got)
+		}
+		if r.Hides() {
+			return
+		}
+		pos := 0
+		for _, other := range shownInfos[:k] {
+			if other.Name == info.Name {
+				pos++
+			}
+		}
+		m := h.visible(info.Name)
+		m.lines[m.nth(lineShown, pos)].reason = r
 	case opRemove:
+		// Any committed file goes, shown or not.
 		name := fuzzNames[in.next(len(fuzzNames))]
 		err := h.s.Remove(name)
 		var want error
-		if h.visible(name) == nil {
+		if h.model[name] == nil {
 			want = ErrNotFound
 		}
 		h.wantErr(fmt.Sprintf("Remove(%q)", name), err, want)
@@ -415,6 +696,7 @@ func (h *harness) step(in *input) {
 		for name := range h.model {
 			h.drop(name)
 		}
+		h.wipedPending(maps.Keys(maps.Clone(h.pending)))
 	case opCandidates:
 		cands, err := h.s.Candidates()
 		if err != nil {
@@ -422,14 +704,14 @@ func (h *harness) step(in *input) {
 		}
 		n := 0
 		for _, m := range h.model {
-			n += len(m.tokens)
+			n += len(m.shownTokens())
 		}
 		if len(cands) != n {
 			t.Fatalf("Candidates gave %d tokens, the model shows %d", len(cands), n)
 		}
 		for _, c := range cands {
 			m := h.visible(c.Name)
-			if m == nil || !slices.ContainsFunc(m.tokens, func(raw []byte) bool { return bytes.Equal(raw, c.Raw.Bytes()) }) {
+			if m == nil || !slices.ContainsFunc(m.shownTokens(), func(raw []byte) bool { return bytes.Equal(raw, c.Raw.Bytes()) }) {
 				t.Fatalf("candidate of %q is not a shown token of that file", c.Name)
 			}
 			c.Raw.Wipe()
@@ -474,6 +756,10 @@ func (h *harness) bytes(name string, ino uint64) []byte {
 func (h *harness) settleEvents() {
 	h.t.Helper()
 	for _, c := range h.events.take() {
+		if c.Kind == Removed && h.quiet[c.Ino] {
+			delete(h.quiet, c.Ino)
+			continue
+		}
 		ino, ok := h.seen[c.Name]
 		switch c.Kind {
 		case Added:
@@ -532,9 +818,25 @@ func (h *harness) check() {
 			t.Fatalf("%q: size %d, content %d bytes", e.Name, e.Attr.Size, len(content))
 		}
 	}
+	for ino, name := range h.pending {
+		if got, ok := h.s.Exists(ino); !ok || got != name || !h.s.Pending(ino) {
+			t.Fatalf("pending %q (inode %d): Exists %q %v, Pending %v", name, ino, got, ok, h.s.Pending(ino))
+		}
+		if got, a, ok := h.s.Stat(ino); !ok || got != name || a.Size != 0 {
+			t.Fatalf("Stat of pending %q (inode %d): %q %+v %v", name, ino, got, a, ok)
+		}
+		if h.visible(name) == nil {
+			if _, ok := h.s.Lookup(name); ok {
+				t.Fatalf("pending %q is found by name", name)
+			}
+		}
+	}
+	if len(h.quiet) != 0 {
+		t.Fatalf("no Removed event for wiped pending inodes %v", slices.Sorted(maps.Keys(h.quiet)))
+	}
 	for name, m := range h.model {
-		if got, ok := h.s.Exists(m.ino); !ok || got != name {
-			t.Fatalf("Exists(%d) = %q %v, the model has %q", m.ino, got, ok, name)
+		if got, ok := h.s.Exists(m.ino); !ok || got != name || h.s.Pending(m.ino) {
+			t.Fatalf("Exists(%d) = %q %v (pending %v), the model has %q", m.ino, got, ok, h.s.Pending(m.ino), name)
 		}
 		if !m.visible {
 			if _, ok := h.s.Lookup(name); ok {
@@ -544,20 +846,11 @@ func (h *harness) check() {
 				t.Fatalf("Stat finds hidden %q", name)
 			}
 		}
-		// Hidden files keep what is left (comments) for their writer.
-		content := h.bytes(name, m.ino)
-		lines, err := token.ParseFile(content)
-		if err != nil {
-			t.Fatalf("%q holds content that does not parse: %v", name, err)
-		}
-		var got [][]byte
-		for _, l := range lines {
-			if l.Kind == token.TokenLine {
-				got = append(got, content[l.Start:l.End])
-			}
-		}
-		if !slices.EqualFunc(got, m.tokens, bytes.Equal) {
-			t.Fatalf("%q holds %d tokens, the model %d (or different ones)", name, len(got), len(m.tokens))
+		// Byte for byte: what is left of the last commit (hidden files
+		// keep their comments for their writer), restored tokens at their
+		// place.
+		if got, want := h.bytes(name, m.ino), m.want(); !bytes.Equal(got, want) {
+			t.Fatalf("%q holds %q, the model %q", name, got, want)
 		}
 	}
 	for ino := range h.gone {
@@ -566,26 +859,60 @@ func (h *harness) check() {
 		}
 	}
 	ids := map[uint64]bool{}
-	shownPer := map[string]int{}
+	type count struct{ shown, remembered int }
+	per := map[string]count{}
+	var shownReasons = map[string][]token.Reason{}
 	for _, info := range h.s.Infos() {
 		if ids[info.ID] {
 			t.Fatalf("token id %d listed twice", info.ID)
 		}
 		ids[info.ID] = true
-		if info.Hidden != (info.Reason != token.Valid) {
-			t.Fatalf("token %d of %q: hidden %v with reason %q", info.ID, info.Name, info.Hidden, info.Reason)
+		if info.Hidden != info.Reason.Hides() || info.Remembered && !info.Hidden {
+			t.Fatalf("token %d of %q: hidden %v, remembered %v, with reason %q", info.ID, info.Name, info.Hidden, info.Remembered, info.Reason)
 		}
-		if !info.Hidden {
-			shownPer[info.Name]++
+		c := per[info.Name]
+		switch {
+		case info.Remembered:
+			c.remembered++
+		case !info.Hidden:
+			c.shown++
+			shownReasons[info.Name] = append(shownReasons[info.Name], info.Reason)
 		}
+		per[info.Name] = c
 	}
 	for name, m := range h.model {
-		if shownPer[name] != len(m.tokens) {
-			t.Fatalf("Infos shows %d tokens of %q, the model %d", shownPer[name], name, len(m.tokens))
+		var want count
+		var reasons []token.Reason
+		for _, l := range m.lines {
+			switch l.state {
+			case lineShown:
+				want.shown++
+				reasons = append(reasons, l.reason)
+			case lineRemembered:
+				want.remembered++
+			}
 		}
-		delete(shownPer, name)
+		if per[name] != want || !slices.Equal(shownReasons[name], reasons) {
+			t.Fatalf("Infos shows %+v tokens of %q (reasons %q), the model %+v (%q)", per[name], name, shownReasons[name], want, reasons)
+		}
+		delete(per, name)
 	}
-	if len(shownPer) != 0 {
-		t.Fatalf("Infos shows tokens of files the model does not have: %v", shownPer)
+	for name, c := range per {
+		if c.shown+c.remembered > 0 {
+			t.Fatalf("Infos shows tokens of %q, which the model does not have", name)
+		}
+	}
+	names, lines := h.remembered()
+	rs := h.s.Remembered()
+	if len(rs) != len(names) {
+		t.Fatalf("Remembered lists %d tokens, the model %d", len(rs), len(names))
+	}
+	for i, r := range rs {
+		l := lines[i]
+		tk, _ := token.Parse(l.raw)
+		if r.Name != names[i] || r.Token != *tk || r.Reason != l.reason || r.Epoch != l.epoch || r.Misses != l.misses {
+			t.Fatalf("Remembered[%d] = %q %q epoch %d misses %d, the model's %q %q epoch %d misses %d (hide order)",
+				i, r.Name, r.Reason, r.Epoch, r.Misses, names[i], l.reason, l.epoch, l.misses)
+		}
 	}
 }

@@ -28,12 +28,13 @@ func (s *Store) Lookup(name string) (Attr, bool) {
 	return f.attr(), true
 }
 
-// Stat returns the name and attributes of a visible file by inode.
+// Stat returns the name and attributes of a visible or pending file by
+// inode (a pending file's creator stats it through its descriptor).
 func (s *Store) Stat(ino uint64) (string, Attr, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() {
+	if f == nil || !f.visible() && !f.pending {
 		return "", Attr{}, false
 	}
 	return f.name, f.attr(), true
@@ -72,12 +73,12 @@ func (s *Store) Len() int {
 	return n
 }
 
-// ReadAt copies content of a visible file at off into dest.
+// ReadAt copies content of a visible or pending file at off into dest.
 func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.byIno[ino]
-	if f == nil || !f.visible() || off < 0 {
+	if f == nil || !f.visible() && !f.pending || off < 0 {
 		return 0, ErrNotFound
 	}
 	b := f.bytes()
@@ -89,7 +90,7 @@ func (s *Store) ReadAt(ino uint64, dest []byte, off int64) (int, error) {
 
 // Content returns a copy of a file's content in a secmem buffer, which the
 // caller must Wipe. It works on files that are not shown too (a writer may
-// still be writing one whose tokens were all hidden).
+// still be writing one whose tokens were all hidden, or a pending one).
 func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -100,14 +101,15 @@ func (s *Store) Content(ino uint64) (*secmem.Buffer, error) {
 	return secmem.From(f.bytes())
 }
 
-// Has reports whether a file of that name exists, shown or not.
+// Has reports whether a committed file of that name exists, shown or not.
 func (s *Store) Has(name string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.byName[name] != nil
 }
 
-// Exists returns the name of the file with inode ino, shown or not.
+// Exists returns the name of the file with inode ino, shown, hidden or
+// pending.
 func (s *Store) Exists(ino uint64) (string, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -145,15 +147,16 @@ type Info struct {
 	Remembered bool
 }
 
-// Infos returns the metadata of every token, shown and hidden, sorted by
-// file name then position.
+// Infos returns the metadata of every token, shown, remembered and zeroed,
+// sorted by file name then id.
 func (s *Store) Infos() []Info {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Info
 	for _, f := range s.byName {
-		for _, t := range f.tokens {
-			out = append(out, Info{Name: f.name, ID: t.id, Token: *t.tok})
+		s.pruneLocked(f)
+		for _, l := range f.lines {
+			out = append(out, Info{Name: f.name, ID: l.id, Token: *l.tok, Reason: l.reason, Hidden: !l.shown(), Remembered: !l.shown()})
 		}
 		out = append(out, f.hidden...)
 	}
@@ -181,15 +184,18 @@ func (s *Store) Candidates() ([]Candidate, error) {
 	var out []Candidate
 	for _, f := range s.byName {
 		b := f.bytes()
-		for _, t := range f.tokens {
-			raw, err := secmem.From(b[t.start:t.end])
+		for _, l := range f.lines {
+			if !l.shown() {
+				continue
+			}
+			raw, err := secmem.From(b[l.off+l.tokOff : l.off+l.tokOff+l.tokLen])
 			if err != nil {
 				for _, c := range out {
 					c.Raw.Wipe()
 				}
 				return nil, err
 			}
-			out = append(out, Candidate{Name: f.name, ID: t.id, Token: *t.tok, Raw: raw})
+			out = append(out, Candidate{Name: f.name, ID: l.id, Token: *l.tok, Raw: raw})
 		}
 	}
 	return out, nil
