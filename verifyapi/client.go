@@ -52,8 +52,10 @@ func (c *Client) Close() { c.c.Close() }
 // never verdicts: a transport failure wraps [ErrUnavailable] (and the cause,
 // e.g. context.Canceled); an error answer is a [*ServerError]
 // (errors.Is(err, ErrRateLimited) for 429, errors.Is(err, ErrUnavailable)
-// for 5xx, among them 503 [CodeKeyUnavailable] when verifyd cannot use the
-// key of the token's kid). A Reason this client does not know is passed
+// for 404 and 5xx, among them 503 [CodeKeyUnavailable] when verifyd cannot
+// use the key of the token's kid). A nil error with a non-empty
+// VerifyResponse.CannotTell is no verdict either (the token's iss is not
+// verifyd's trust domain). A Reason this client does not know is passed
 // through: treat any non-empty Reason as "not valid".
 //
 // The request is built in a buffer that is zeroed afterwards; raw itself
@@ -66,22 +68,37 @@ func (c *Client) Verify(ctx context.Context, raw []byte) (VerifyResponse, error)
 	return resp, err
 }
 
-// Generation returns the current key generation.
-func (c *Client) Generation(ctx context.Context) (uint64, error) {
+// State returns the current key generation, and the trust domain and max
+// age verifyd speaks for ("" and 0 from a verifyd that knows none, or from
+// an older one, which does not send them).
+func (c *Client) State(ctx context.Context) (GenerationResponse, error) {
 	var resp GenerationResponse
 	err := c.do(ctx, RequestTimeout, http.MethodGet, PathGeneration, nil, &resp)
+	return resp, err
+}
+
+// WaitState makes one long poll: it returns the current state as soon as
+// its generation differs from after, or after about PollTimeout with the
+// current state (its generation then equal to after, unless it changed at
+// that moment). Callers loop; on an error they should back off before the
+// next call. A restarted verifyd starts again at generation 1, which
+// differs from after, so a restart also reads as a change.
+func (c *Client) WaitState(ctx context.Context, after uint64) (GenerationResponse, error) {
+	var resp GenerationResponse
+	err := c.do(ctx, WaitTimeout, http.MethodGet, PathChanges+"?after="+strconv.FormatUint(after, 10), nil, &resp)
+	return resp, err
+}
+
+// Generation returns the current key generation (see [Client.State]).
+func (c *Client) Generation(ctx context.Context) (uint64, error) {
+	resp, err := c.State(ctx)
 	return resp.Generation, err
 }
 
-// WaitChange makes one long poll: it returns the current generation as
-// soon as it differs from after, or after about PollTimeout with the current
-// value (then equal to after, unless it changed at that moment). Callers
-// loop; on an error they should back off before the next call. A restarted
-// verifyd starts again at generation 1, which differs from after, so a
-// restart also reads as a change.
+// WaitChange is [Client.WaitState] for callers that need only the
+// generation.
 func (c *Client) WaitChange(ctx context.Context, after uint64) (uint64, error) {
-	var resp GenerationResponse
-	err := c.do(ctx, WaitTimeout, http.MethodGet, PathChanges+"?after="+strconv.FormatUint(after, 10), nil, &resp)
+	resp, err := c.WaitState(ctx, after)
 	return resp.Generation, err
 }
 
@@ -114,6 +131,10 @@ func (c *Client) do(ctx context.Context, timeout time.Duration, method, path str
 		se := &ServerError{Status: e.Status, Code: e.Code, Message: e.Message, RetryAfter: e.RetryAfter}
 		if se.Code == "" {
 			se.Code = http.StatusText(e.Status)
+		}
+		if se.Status == http.StatusNotFound {
+			// An older verifyd: what it does not know, it cannot tell.
+			se.Message = fmt.Sprintf("this verifyd (%s) does not know %s %s; it is probably an older release", c.Socket(), method, path)
 		}
 		return se
 	}

@@ -8,12 +8,23 @@
 // (config.DefaultVerifyd), versioned paths:
 //
 //	POST /v1/verify      {"token": "<jwt>"} (at most 16 KiB)
-//	                     -> 200 {"reason": "" | "rotated-key" | "unknown-key" | "expired" | "malformed", "generation": N}
+//	                     -> 200 {"reason": "" | "rotated-key" | "unknown-key" | "expired" | "malformed", "generation": N,
+//	                             "trust_domain": TD, "token_max_age": S, "cannot_tell": "other-issuer"}
 //	                     or 503 key-unavailable: no verdict
-//	GET  /v1/generation  -> 200 {"generation": N}
+//	GET  /v1/generation  -> 200 {"generation": N, "trust_domain": TD, "token_max_age": S}
 //	GET  /v1/changes?after=N
-//	                     -> long poll: 200 {"generation": M} as soon as M != N,
+//	                     -> long poll: 200 (as /v1/generation) as soon as N changed,
 //	                        or after PollTimeout (30 s) with the current value
+//
+// The protocol changes only by addition. The first release sent only
+// "reason" and "generation"; trust_domain (omitted when verifyd knows none
+// and judges every token), token_max_age (SEC_TOKEN_MAX_AGE in seconds,
+// omitted when unset) and cannot_tell (omitted unless there is no verdict)
+// came later. So a client of the first release reads a cannot_tell answer
+// as reason "" and keeps the token, and a new client reads a first-release
+// answer as "trust domain unknown, no max age". A path a verifyd does not
+// know gets 404, which the client turns into an error matching
+// [ErrUnsupported] and [ErrUnavailable]: cannot tell.
 //
 // Errors are non-2xx with {"code": "...", "message": "..."}: 400
 // bad-request (not a JSON object with a token string, bad ?after), 404
@@ -28,5 +39,6 @@
 //
 // Only a nil error carries a verdict: failures to reach verifyd wrap
 // [ErrUnavailable], error answers are [*ServerError] (matching
-// [ErrRateLimited] for 429 and [ErrUnavailable] for 5xx).
+// [ErrRateLimited] for 429, [ErrUnsupported] for 404, and [ErrUnavailable]
+// for 404 and 5xx). An answer with cannot_tell is no verdict either.
 package verifyapi

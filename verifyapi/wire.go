@@ -50,14 +50,41 @@ type VerifyRequest struct {
 // token ([token.Valid] "" when its signature is good with the current key
 // of its kid and it has not expired); Generation is the key generation the
 // verdict was made with.
+//
+// TrustDomain, TokenMaxAge and CannotTell were added after the first
+// release; an older verifyd leaves them out (zero values). When CannotTell
+// is not "", the answer is no verdict: Reason is "" and the token must be
+// kept as it is (a client of the first release reads it as valid, which
+// keeps it too).
 type VerifyResponse struct {
 	Reason     token.Reason `json:"reason"`
 	Generation uint64       `json:"generation"`
+	// TrustDomain is the trust domain verifyd speaks for; "" when it knows
+	// none (then it judges every token, whatever its iss) or is older.
+	TrustDomain string `json:"trust_domain,omitempty"`
+	// TokenMaxAge is the pool's SEC_TOKEN_MAX_AGE in seconds; 0 when unset
+	// or when verifyd is older.
+	TokenMaxAge int64 `json:"token_max_age,omitempty"`
+	// CannotTell says why verifyd gives no verdict on a token it could
+	// parse: [CannotTellOtherIssuer]. A value this client does not know
+	// means the same: no verdict.
+	CannotTell string `json:"cannot_tell,omitempty"`
 }
 
-// GenerationResponse answers GET /v1/generation and GET /v1/changes.
+// CannotTellOtherIssuer is VerifyResponse.CannotTell for a token whose iss
+// is not verifyd's trust domain: the pool's keys say nothing about it.
+const CannotTellOtherIssuer = "other-issuer"
+
+// GenerationResponse answers GET /v1/generation and GET /v1/changes: the
+// key generation, and (added after the first release, absent from an older
+// verifyd) the trust domain and max age verifyd speaks for.
 type GenerationResponse struct {
 	Generation uint64 `json:"generation"`
+	// TrustDomain: "" when verifyd knows none (it judges every token) or
+	// is older.
+	TrustDomain string `json:"trust_domain,omitempty"`
+	// TokenMaxAge is SEC_TOKEN_MAX_AGE in seconds; 0 when unset or older.
+	TokenMaxAge int64 `json:"token_max_age,omitempty"`
 }
 
 // ErrUnavailable means verifyd could not be asked or could not judge: the
@@ -68,14 +95,19 @@ type GenerationResponse struct {
 // later.
 var ErrUnavailable = errors.New("verifyd is not available")
 
+// ErrUnsupported matches (errors.Is) a [*ServerError] with status 404: the
+// verifyd asked does not know the request's path, most likely an older
+// release. It also matches [ErrUnavailable]: no verdict, no state.
+var ErrUnsupported = errors.New("this verifyd does not know the request (an older release?)")
+
 // ErrRateLimited matches (errors.Is) a [*ServerError] with status 429: the
 // caller's uid sent more requests than its rate allows. It is not a verdict
 // either; wait ServerError.RetryAfter and try again.
 var ErrRateLimited = errors.New("verifyd: rate limited")
 
 // ServerError is a non-2xx answer from verifyd. errors.Is(err,
-// ErrRateLimited) is true for status 429 and errors.Is(err, ErrUnavailable)
-// for 5xx.
+// ErrRateLimited) is true for status 429, errors.Is(err, ErrUnsupported)
+// for 404, and errors.Is(err, ErrUnavailable) for 404 and 5xx.
 type ServerError struct {
 	Status     int
 	Code       string
@@ -90,13 +122,16 @@ func (e *ServerError) Error() string {
 	return fmt.Sprintf("verifyd: %d %s: %s", e.Status, e.Code, e.Message)
 }
 
-// Is makes 429 match [ErrRateLimited] and 5xx match [ErrUnavailable].
+// Is makes 429 match [ErrRateLimited], 404 match [ErrUnsupported], and
+// 404 and 5xx match [ErrUnavailable].
 func (e *ServerError) Is(target error) bool {
 	switch target {
 	case ErrRateLimited:
 		return e.Status == 429
+	case ErrUnsupported:
+		return e.Status == 404
 	case ErrUnavailable:
-		return e.Status >= 500
+		return e.Status >= 500 || e.Status == 404
 	}
 	return false
 }

@@ -11,6 +11,12 @@
 // once; after an event overflow, which loses events, it calls back too.
 // The caller reads everything again at each call: an event says only that
 // something may have changed.
+//
+// [Settled] adds the settle rule: a snapshot of the keys counts only when
+// two reads Confirm (20 ms) apart agree, so a key file that disappears or
+// changes for a moment (a copy in progress, a half-written file) is never
+// taken for a change, and a real change still counts about 22 ms after the
+// last write.
 package keywatch
 
 import (
@@ -140,8 +146,26 @@ func pathErr(err error) error {
 
 // Run calls changed after each burst of relevant events, after an event
 // overflow and every Resync, until ctx is done; then it releases the
-// watches. changed runs on Run's goroutine, one call at a time.
+// watches. changed runs on Run's goroutine, one call at a time. A call
+// says only that something may have changed; for snapshots that are never
+// transient, use [Settled].
 func (kw *Watcher) Run(ctx context.Context, changed func()) {
+	kw.run(ctx, &debounce{kw: kw, changed: changed})
+}
+
+// driver is what the loop tells of events and time: Run's debounce, or
+// Settled's settle rule.
+type driver interface {
+	// event: something may have changed at now.
+	event(now time.Time)
+	// periodic: the Resync (or Fallback) period passed.
+	periodic(now time.Time)
+	// due is when fire is to be called; zero for never.
+	due() time.Time
+	fire(now time.Time)
+}
+
+func (kw *Watcher) run(ctx context.Context, d driver) {
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	every := kw.o.Resync
@@ -151,10 +175,6 @@ func (kw *Watcher) Run(ctx context.Context, changed func()) {
 	} else {
 		every = kw.o.Fallback
 	}
-	kw.loop(ctx, events, errs, every, changed)
-}
-
-func (kw *Watcher) loop(ctx context.Context, events <-chan fsnotify.Event, errs <-chan error, every time.Duration, changed func()) {
 	var tick <-chan time.Time
 	if every > 0 {
 		t := time.NewTicker(every)
@@ -162,23 +182,14 @@ func (kw *Watcher) loop(ctx context.Context, events <-chan fsnotify.Event, errs 
 		tick = t.C
 	}
 	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	var pendingSince time.Time // first event not yet reported; zero if none
-	schedule := func() {
-		now := time.Now()
-		if pendingSince.IsZero() {
-			pendingSince = now
-		}
-		wait := min(kw.o.Debounce, kw.o.MaxDelay-now.Sub(pendingSince))
-		timer.Reset(max(wait, 0))
-	}
-	fire := func() {
-		if kw.w != nil {
-			kw.addWatches()
-		}
-		changed()
-	}
+	defer timer.Stop()
 	for {
+		timer.Stop()
+		var fire <-chan time.Time
+		if due := d.due(); !due.IsZero() {
+			timer.Reset(max(time.Until(due), 0))
+			fire = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -188,7 +199,7 @@ func (kw *Watcher) loop(ctx context.Context, events <-chan fsnotify.Event, errs 
 				continue
 			}
 			if kw.relevant(ev.Name) {
-				schedule()
+				d.event(time.Now())
 			}
 		case err, ok := <-errs:
 			if !ok {
@@ -200,12 +211,48 @@ func (kw *Watcher) loop(ctx context.Context, events <-chan fsnotify.Event, errs 
 			} else {
 				kw.o.Log.Warn("key directory watch failed; reading the keys again", "dir", kw.dir, "error", err)
 			}
-			schedule()
-		case <-timer.C:
-			pendingSince = time.Time{}
-			fire()
-		case <-tick:
-			fire()
+			d.event(time.Now())
+		case now := <-fire:
+			d.fire(now)
+		case now := <-tick:
+			d.periodic(now)
 		}
 	}
+}
+
+// rewatch re-adds the watches before the keys are read again, so a
+// replaced directory is followed from then on.
+func (kw *Watcher) rewatch() {
+	if kw.w != nil {
+		kw.addWatches()
+	}
+}
+
+// debounce calls changed Debounce after the last event of a burst, at most
+// MaxDelay after its first.
+type debounce struct {
+	kw      *Watcher
+	changed func()
+	since   time.Time // first event not yet reported; zero if none
+	next    time.Time
+}
+
+func (d *debounce) event(now time.Time) {
+	if d.since.IsZero() {
+		d.since = now
+	}
+	d.next = now.Add(max(min(d.kw.o.Debounce, d.kw.o.MaxDelay-now.Sub(d.since)), 0))
+}
+
+func (d *debounce) periodic(time.Time) {
+	d.kw.rewatch()
+	d.changed()
+}
+
+func (d *debounce) due() time.Time { return d.next }
+
+func (d *debounce) fire(time.Time) {
+	d.since, d.next = time.Time{}, time.Time{}
+	d.kw.rewatch()
+	d.changed()
 }
