@@ -23,6 +23,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
@@ -79,9 +80,8 @@ func Run(ctx context.Context, o Options) error {
 	return a.run(ctx, o.Ready)
 }
 
-// condorSetting reads an HTCondor setting. TODO(pools-b): condor.Setting
-// (which also asks condor_config_val) once it lands.
-var condorSetting = func(name string) string { return os.Getenv("_CONDOR_" + name) }
+// condorTrustDomain reads HTCondor's TRUST_DOMAIN (a variable for tests).
+var condorTrustDomain = condor.TrustDomain
 
 func newAgent(o Options) (*Agent, error) {
 	cfg := o.Config
@@ -126,7 +126,7 @@ func newAgent(o Options) (*Agent, error) {
 	})
 	if def := a.pools[0]; def.cfg.TrustDomain == "" {
 		// Else what verifyd reports, which wins when it comes.
-		if a.condorTD = condorSetting("TRUST_DOMAIN"); a.condorTD != "" {
+		if a.condorTD = condorTrustDomain(); a.condorTD != "" {
 			a.router.SetTrustDomain(def.cfg.Name, a.condorTD, api.TrustFromCondor)
 		}
 	}

@@ -109,23 +109,29 @@ func (w *verifydWatch) follow(ctx context.Context, changed func(st verifydState,
 
 // waitState makes one long poll of verifyd's state.
 func waitState(ctx context.Context, c *verifyapi.Client, after uint64) (verifydState, error) {
-	gen, err := c.WaitChange(ctx, after)
-	return verifydState{Generation: gen}, err
+	r, err := c.WaitState(ctx, after)
+	return verifydState{
+		Generation:  r.Generation,
+		TrustDomain: r.TrustDomain,
+		TokenMaxAge: time.Duration(max(r.TokenMaxAge, 0)) * time.Second,
+	}, err
 }
 
 // watchKeys follows a pool's key directory (validate.key_dir): at each
-// event it reads the key files again, and calls changed when a reading
-// that two reads Confirm apart agree on differs from the snapshot held, so
-// a rotation is seen at once rather than at the next periodic check. A
-// replaced key directory is followed too; without inotify the periodic
-// resync is all there is.
+// event it reads the key files again, and once two reads keywatch.Confirm
+// apart agree on something other than the snapshot held, it takes it and
+// calls changed. So a rotation is seen at once rather than at the next
+// periodic check, and a key file missing or half written for a moment
+// costs nothing. A replaced key directory is followed too; without inotify
+// the periodic resync is all there is.
 func watchKeys(ctx context.Context, log *slog.Logger, v config.Validate, keys *validate.Keys, changed func()) {
 	w := keywatch.New(keywatch.Options{Dir: v.KeyDir, PoolKey: v.PoolKey, Log: log, Resync: v.Interval.Std(), Fallback: v.Interval.Std()})
-	keys.Load() // after the watches are in place: no change falls between
-	w.Run(ctx, func() {
-		if keys.Reload(ctx) {
-			log.Info("signing keys changed; re-checking every token", "key_dir", v.KeyDir, "generation", keys.Generation())
-			changed()
-		}
-	})
+	keywatch.Settled(ctx, w, keys.Read, validate.SameKeys,
+		func(s *validate.KeySet) {
+			if keys.Apply(s) {
+				log.Info("signing keys changed; re-checking every token", "key_dir", v.KeyDir, "generation", keys.Generation())
+				changed()
+			}
+		},
+		(*validate.KeySet).Wipe)
 }

@@ -12,16 +12,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )
-
-// Confirm is how long after a first read of the key files a second read
-// must agree before a change counts: a key file caught missing or half
-// written during a copy never survives two reads Confirm apart.
-const Confirm = 20 * time.Millisecond
 
 // maxKeyFiles bounds the key files of a snapshot (their derived keys are
 // held in locked memory); a kid past it is unknown.
@@ -29,9 +23,10 @@ const maxKeyFiles = 32
 
 // Keys checks signatures with key files the agent can read (personal pools,
 // tests), against a snapshot of them: the files as they were at the last
-// Reload that two reads Confirm apart agreed on. So a key file that
-// disappears or changes for a moment costs no token, and every change
-// that counts moves Generation.
+// Apply (the agent applies only readings that two reads
+// keywatch.Confirm apart agree on). So a key file that disappears or
+// changes for a moment costs no token, and every change that counts moves
+// Generation.
 //
 // A token of kid POOL when there is no usable pool key, or of a kid whose
 // file cannot be used (owner, mode, size), cannot be told; a token of a kid
@@ -40,12 +35,12 @@ type Keys struct {
 	Dir token.KeyDir
 
 	mu  sync.RWMutex // guards set and gen
-	set *keySet      // nil until the first Load or check
+	set *KeySet      // nil until the first Load or check
 	gen uint64
 }
 
-// keySet is one reading of the key files.
-type keySet struct {
+// KeySet is one reading of the key files; its keys are zeroed by Wipe.
+type KeySet struct {
 	keys map[string]*secmem.Buffer // kid -> derived key; the pool key as token.PoolKeyName
 	bad  map[string]string         // kid -> why its file cannot be used
 }
@@ -96,51 +91,32 @@ func (k *Keys) Load() {
 	}
 }
 
-// Generation counts the changes of the key files that counted (Reload).
+// Generation counts the changes of the key files that counted (Apply).
 func (k *Keys) Generation() uint64 {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	return k.gen
 }
 
-// Reload reads the key files until two reads Confirm apart agree, and
-// takes that reading if it differs from the snapshot held. It reports
-// whether it did (the generation moved). It gives up, changing nothing,
-// when ctx ends.
-func (k *Keys) Reload(ctx context.Context) bool {
-	a := k.read()
-	for {
-		t := time.NewTimer(Confirm)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			a.wipe()
-			return false
-		case <-t.C:
-		}
-		b := k.read()
-		if sameKeys(a, b) {
-			a.wipe()
-			return k.apply(b)
-		}
-		a.wipe()
-		a = b
-	}
-}
+// Read reads the key files now, for Apply (keywatch.Settled applies a
+// reading only once two reads Confirm apart agree).
+func (k *Keys) Read() *KeySet { return k.read() }
 
-// apply takes s as the snapshot if it differs from the one held.
-func (k *Keys) apply(s *keySet) bool {
+// Apply takes s as the snapshot if it differs from the one held, and
+// reports whether it did (the generation moved). A first snapshot is no
+// change. s is the Keys' own from then on, or zeroed.
+func (k *Keys) Apply(s *KeySet) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.set != nil && sameKeys(k.set, s) {
-		s.wipe()
+	if k.set != nil && SameKeys(k.set, s) {
+		s.Wipe()
 		return false
 	}
 	old := k.set
 	k.set = s
 	if old != nil {
 		k.gen++
-		old.wipe()
+		old.Wipe()
 	}
 	return old != nil
 }
@@ -150,15 +126,15 @@ func (k *Keys) Close() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.set != nil {
-		k.set.wipe()
-		k.set = &keySet{}
+		k.set.Wipe()
+		k.set = &KeySet{}
 	}
 }
 
 // read reads every key file: the pool key (Dir.PoolFile, else Dir/POOL)
 // and the other files of Dir. A missing directory reads as no keys.
-func (k *Keys) read() *keySet {
-	s := &keySet{keys: map[string]*secmem.Buffer{}, bad: map[string]string{}}
+func (k *Keys) read() *KeySet {
+	s := &KeySet{keys: map[string]*secmem.Buffer{}, bad: map[string]string{}}
 	var names []string
 	if entries, err := os.ReadDir(k.Dir.Dir); err == nil {
 		for _, e := range entries {
@@ -210,16 +186,17 @@ func (k *Keys) read() *keySet {
 	return s
 }
 
-func (s *keySet) wipe() {
+// Wipe zeroes the keys of s.
+func (s *KeySet) Wipe() {
 	for _, b := range s.keys {
 		b.Wipe()
 	}
 	s.keys = nil
 }
 
-// sameKeys reports whether a and b hold the same keys (compared in
+// SameKeys reports whether a and b hold the same keys (compared in
 // constant time) and the same unusable files.
-func sameKeys(a, b *keySet) bool {
+func SameKeys(a, b *KeySet) bool {
 	if len(a.keys) != len(b.keys) || !maps.Equal(a.bad, b.bad) {
 		return false
 	}
