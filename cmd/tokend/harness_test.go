@@ -44,9 +44,9 @@ type env struct {
 	// memlock: the agent runs under an RLIMIT_MEMLOCK of agentMemlock,
 	// and must keep every secret locked within it.
 	memlock bool
-	done        chan error
-	log         *syncbuf.Buffer
-	secrets     [][]byte // every token seen, to be searched for in logs
+	done    chan error
+	log     *syncbuf.Buffer
+	secrets [][]byte // every token seen, to be searched for in logs
 }
 
 // newEnv prepares a setup for the test user. config overrides settings
