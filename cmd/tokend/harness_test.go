@@ -124,13 +124,16 @@ func (e *env) writeFile(p, data string, mode os.FileMode) {
 
 // writeKey writes a new random key file named name (replacing it by rename,
 // as a site would roll out a new POOL).
-func (e *env) writeKey(name string) {
+func (e *env) writeKey(name string) { e.writeKeyIn(e.keys, name) }
+
+// writeKeyIn writes a new random key file named name in dir, by rename.
+func (e *env) writeKeyIn(dir, name string) {
 	e.t.Helper()
 	key := make([]byte, 64)
 	rand.Read(key)
-	tmp := filepath.Join(e.keys, "."+name+".new")
+	tmp := filepath.Join(dir, "."+name+".new")
 	e.writeFile(tmp, string(token.Scramble(key)), 0o600)
-	if err := os.Rename(tmp, filepath.Join(e.keys, name)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		e.t.Fatal(err)
 	}
 }

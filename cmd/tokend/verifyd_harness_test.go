@@ -36,10 +36,14 @@ type verifydProc struct {
 	keys   string // the password directory (SEC_PASSWORD_DIRECTORY)
 	sock   string
 	config string // an empty config file, so /etc/tokend/verifyd.toml is not read
-	cmd    *exec.Cmd
-	done   chan error
-	log    *syncbuf.Buffer // every run's output, appended
-	starts int
+	// trustDomain, when set, is passed as --trust-domain; env is added to
+	// verifyd's environment (_CONDOR_SEC_TOKEN_MAX_AGE=...).
+	trustDomain string
+	env         []string
+	cmd         *exec.Cmd
+	done        chan error
+	log         *syncbuf.Buffer // every run's output, appended
+	starts      int
 }
 
 // newVerifyd prepares a verifyd (not started) with an empty password
@@ -95,7 +99,12 @@ func (v *verifydProc) start() {
 	}
 	v.starts++
 	v.log.Write([]byte("--- verifyd start " + strconv.Itoa(v.starts) + " ---\n"))
-	v.cmd = exec.Command(v.bin, "verifyd", "--config", v.config, "--socket", v.sock, "--password-dir", v.keys)
+	args := []string{"verifyd", "--config", v.config, "--socket", v.sock, "--password-dir", v.keys}
+	if v.trustDomain != "" {
+		args = append(args, "--trust-domain", v.trustDomain)
+	}
+	v.cmd = exec.Command(v.bin, args...)
+	v.cmd.Env = append(os.Environ(), v.env...)
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	if err := v.cmd.Start(); err != nil {
 		v.t.Fatal(err)
