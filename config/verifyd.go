@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 )
 
 // verifyd's configuration: a file of its own, since verifyd runs as root
@@ -31,6 +32,7 @@ type Verifyd struct {
 	Socket      string  `toml:"socket"`       // where to listen unless socket-activated
 	PasswordDir string  `toml:"password_dir"` // "" = SEC_PASSWORD_DIRECTORY from condor_config_val, else DefaultPasswordDir
 	PoolKey     string  `toml:"pool_key"`     // "" = SEC_TOKEN_POOL_SIGNING_KEY_FILE (when password_dir is ""), else <password_dir>/POOL
+	TrustDomain string  `toml:"trust_domain"` // the iss verifyd speaks for; "" = HTCondor's TRUST_DOMAIN, else every iss
 	KeyOwner    int     `toml:"key_owner"`    // uid that must own key files; 0 = verifyd's own, -1 = no check
 	Rate        float64 `toml:"rate"`         // requests per second per peer uid, after Burst
 	Burst       int     `toml:"burst"`        // requests at once per peer uid
@@ -78,6 +80,9 @@ func (c *Verifyd) check() []*KeyError {
 	checkPath(bad, "socket", c.Socket)
 	checkPath(bad, "password_dir", c.PasswordDir)
 	checkPath(bad, "pool_key", c.PoolKey)
+	if strings.IndexFunc(c.TrustDomain, isSpaceOrControl) >= 0 || len(c.TrustDomain) > 255 {
+		bad("trust_domain", quote(c.TrustDomain), "want an issuer name (no spaces, at most 255 bytes), as in a token's iss")
+	}
 	if c.KeyOwner < -1 {
 		bad("key_owner", fmt.Sprint(c.KeyOwner), "want a uid, 0 for verifyd's own or -1 for no owner check")
 	}

@@ -38,13 +38,14 @@ func TestLoadVerifyd(t *testing.T) {
 	verifydFile(t, `socket = "/run/v.sock"
 password_dir = "/keys"
 pool_key = "/pool/POOL"
+trust_domain = "cm.example.org"
 key_owner = -1
 rate = 10.5
 burst = 3
 log_level = "debug"
 `)
 	got, err = LoadVerifyd("")
-	want := Verifyd{Socket: "/run/v.sock", PasswordDir: "/keys", PoolKey: "/pool/POOL", KeyOwner: -1, Rate: 10.5, Burst: 3, LogLevel: "debug"}
+	want := Verifyd{Socket: "/run/v.sock", PasswordDir: "/keys", PoolKey: "/pool/POOL", TrustDomain: "cm.example.org", KeyOwner: -1, Rate: 10.5, Burst: 3, LogLevel: "debug"}
 	if err != nil || got != want {
 		t.Fatalf("every key: %+v, %v; want %+v", got, err, want)
 	}
@@ -73,6 +74,7 @@ func TestLoadVerifydErrors(t *testing.T) {
 		{"zero burst", "burst = 0\n", []string{`FILE: burst = 0: want 1 or more`}},
 		{"key owner", "key_owner = -2\n", []string{`FILE: key_owner = -2: want a uid`}},
 		{"log level", "log_level = \"loud\"\n", []string{`FILE: log_level = "loud": want a log level: debug, info, warn or error`}},
+		{"trust domain", "trust_domain = \"a b\"\n", []string{`FILE: trust_domain = "a b": want an issuer name`}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			path := verifydFile(t, c.file)

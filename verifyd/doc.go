@@ -13,14 +13,34 @@
 // # Verdicts
 //
 // The checks run in this order, and the first failure is the reason:
-// structure (malformed), kid (unknown-key: no key file of that name),
-// signature (rotated-key: the key of that name changed, or the token was
-// altered), then exp with no margin (expired; HTCondor servers allow no
-// leeway). The signature comes before the time so that claims are trusted
-// only when they are authentic; HTCondor's vectors accept either reason
-// when both fail. nbf, the issuer and revocation are the agent's business.
-// Signatures are compared with hmac.Equal (constant time), and key sets with
-// subtle.ConstantTimeCompare.
+// structure (malformed), issuer (see below), kid (unknown-key: no key file
+// of that name), signature (rotated-key: the key of that name changed, or
+// the token was altered), then time with no margin (expired: past exp, or
+// past iat + SEC_TOKEN_MAX_AGE; HTCondor servers allow no leeway). The
+// signature comes before the time so that claims are trusted only when
+// they are authentic; HTCondor's vectors accept either reason when both
+// fail. nbf, validate.trust_domains and revocation are the agent's
+// business. Signatures are compared with hmac.Equal (constant time), and
+// key sets with subtle.ConstantTimeCompare.
+//
+// # Trust domain and max age
+//
+// verifyd speaks for one trust domain: Options.TrustDomain (`tokend
+// verifyd --trust-domain`, or trust_domain in verifyd.toml), else HTCondor's
+// TRUST_DOMAIN up to its first comma or space (condor_config_val), as
+// HTCondor cuts it for the iss of the tokens it signs. The pool's keys say
+// nothing about a token of another iss (a flocking pool's, a national
+// pool's): verifyd answers it with no verdict, 200 {"reason": "",
+// "cannot_tell": "other-issuer"}, whatever its kid and signature. With no
+// trust domain known at all it judges every token, as the first release
+// did, and says so once in its log at start.
+//
+// SEC_TOKEN_MAX_AGE (condor_config_val, read at start) makes HTCondor's
+// servers refuse a token whose iat is older; verifyd answers expired for
+// it, once its signature is good. Every answer reports the trust domain and
+// max age (trust_domain, token_max_age in seconds; absent when unknown), so
+// agents learn them; the protocol only ever grows by such additions
+// (package verifyapi).
 //
 // A verifyd that cannot read a key cannot judge the tokens of its kid, and
 // says so with 503 key-unavailable instead of a verdict (the client's error
@@ -41,9 +61,10 @@
 // Every regular file in the password directory is a key named by its file
 // name; the pool key file is the key POOL (a file named POOL in the password
 // directory is ignored when the pool key file is elsewhere, as in HTCondor).
-// Derived keys live only in memory and are zeroed when replaced or removed
-// and when Serve returns; raw file bytes are zeroed right after deriving.
-// Files are read at start and again after file events, never per request.
+// Derived keys live only in locked memory (package keyset, secmem) and are
+// zeroed when replaced or removed and when Serve returns; raw file bytes are
+// zeroed right after deriving. Files are read at start and again after file
+// events, never per request.
 //
 // The generation is 1 after New and goes up by one whenever the set of
 // derived keys changes: a key added, removed, or replaced with different
@@ -54,10 +75,17 @@
 //
 // While Serve runs, package keywatch watches the password directory, its
 // parent (the directory removed and recreated, or renamed over) and the
-// pool key's directory. After the last event of a burst (30 ms, at most
-// 200 ms under a steady stream) or an event overflow, everything is read
-// again and compared; long polls answer at once. A periodic reload every
-// minute covers what inotify cannot see.
+// pool key's directory. A reading counts only once it has settled
+// (keywatch.Settled): 2 ms after an event everything is read, and read
+// again every 20 ms until two readings in a row agree, keys and problems
+// alike; only then is it compared with the current set (long polls answer
+// at once when it differs). So a key file that is missing or half written
+// for a moment (a copy, a truncate-then-write) costs no token and moves
+// nothing, while a real change counts about 22 ms after the last write. A
+// pool key removed for longer than that is a change (POOL tokens get 503
+// until it is back, then the same verdicts as before): the generation moves
+// out and back. A periodic reload every minute, settled too, covers what
+// inotify cannot see.
 //
 // # Abuse
 //

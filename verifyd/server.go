@@ -2,6 +2,7 @@ package verifyd
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,12 +13,15 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/keyset"
 	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
@@ -56,6 +60,17 @@ type Options struct {
 	// DefaultVerifydBurst).
 	Rate  float64
 	Burst int
+	// TrustDomain is the trust domain verifyd speaks for: the iss of the
+	// tokens its pool's servers sign. It gives no verdict on a token of
+	// another iss (cannot_tell "other-issuer"): the pool's keys say nothing
+	// about it. Default: HTCondor's TRUST_DOMAIN (condor_config_val); when
+	// that is unset too, verifyd judges every token whatever its iss, and
+	// logs a warning saying so.
+	TrustDomain string
+	// TokenMaxAge is the pool's SEC_TOKEN_MAX_AGE: the servers refuse a
+	// token whose iat is older, so verifyd answers expired for it. 0 means
+	// HTCondor's setting (condor_config_val); negative means none.
+	TokenMaxAge time.Duration
 	// Logger receives the log; default slog.Default(). It never receives
 	// token or key bytes.
 	Logger *slog.Logger
@@ -63,32 +78,36 @@ type Options struct {
 
 // Server holds the pool's derived signing keys and answers agents.
 type Server struct {
-	dir, pool string
-	owner     int
-	log       *slog.Logger
-	limit     *limiter
-	mux       localapi.Mux
+	dir, pool   string
+	owner       int
+	trustDomain string        // "" = judges every iss
+	maxAge      time.Duration // 0 = none
+	log         *slog.Logger
+	limit       *limiter
+	mux         localapi.Mux
 
 	// Tunables, changed only by tests before Serve.
 	readHeaderTimeout time.Duration
 	pollTimeout       time.Duration
 
-	mu       sync.RWMutex
-	keys     map[string][]byte // kid -> derived key; replaced (and zeroed) as a whole
-	unusable map[string]string // kid -> why its key cannot be used (keySet.unusable)
-	listErr  string            // keySet.listErr
-	gen      atomic.Uint64     // written under mu
-	changed  chan struct{}     // closed and replaced when gen moves
+	mu      sync.RWMutex
+	set     *keyset.Set   // the keys; replaced (and wiped) as a whole
+	gen     atomic.Uint64 // written under mu
+	changed chan struct{} // closed and replaced when gen moves
 
-	reloadMu sync.Mutex
-	refused  map[string]string // path -> problem last logged; under reloadMu
+	logMu   sync.Mutex
+	refused map[string]string // path -> problem last logged; under logMu
 
 	served  atomic.Bool
 	waiting atomic.Int64 // long polls waiting for a change
 }
 
-// configVal reads an HTCondor path setting; tests replace it.
-var configVal = condor.PathSetting
+// HTCondor's settings; tests replace them.
+var (
+	configVal         = condor.PathSetting
+	condorTrustDomain = condor.TrustDomain
+	condorMaxAge      = condor.TokenMaxAge
+)
 
 // New checks the options and loads the keys once. A key file that cannot be
 // used (wrong owner or mode, unreadable) is logged with how to fix it and
@@ -145,34 +164,73 @@ func New(o Options) (*Server, error) {
 	if rate < 0 || burst < 0 || rate != rate {
 		return nil, fmt.Errorf("verifyd: rate %v and burst %d must be positive", rate, burst)
 	}
+	td, tdFrom := o.TrustDomain, "configuration"
+	if strings.IndexFunc(td, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return nil, fmt.Errorf("verifyd: trust domain %q: want an issuer name, as in a token's iss (no spaces)", td)
+	}
+	if td == "" {
+		td, tdFrom = condorTrustDomain(), "HTCondor's TRUST_DOMAIN"
+	}
+	maxAge := o.TokenMaxAge
+	if maxAge == 0 {
+		var err error
+		if maxAge, err = condorMaxAge(); err != nil {
+			log.Warn("ignoring HTCondor's SEC_TOKEN_MAX_AGE: no max age is checked", "error", err)
+		}
+	}
+	maxAge = max(maxAge, 0).Truncate(time.Second)
 	s := &Server{
 		dir: filepath.Clean(dir), pool: filepath.Clean(pool), owner: owner,
+		trustDomain:       td,
+		maxAge:            maxAge,
 		log:               log,
 		limit:             newLimiter(rate, burst),
 		readHeaderTimeout: readHeaderTimeout,
 		pollTimeout:       verifyapi.PollTimeout,
-		keys:              map[string][]byte{},
 		changed:           make(chan struct{}),
 		refused:           map[string]string{},
 	}
 	s.mux.Handle(http.MethodPost, verifyapi.PathVerify, s.handleVerify)
 	s.mux.Handle(http.MethodGet, verifyapi.PathGeneration, s.handleGeneration)
 	s.mux.Handle(http.MethodGet, verifyapi.PathChanges, s.handleChanges)
-	s.reloadMu.Lock()
 	ks, err := s.readKeys()
-	s.reloadMu.Unlock()
 	if err != nil {
-		zeroKeys(ks.keys)
+		ks.Wipe()
 		return nil, fmt.Errorf("verifyd: cannot list the password directory %s: %v", dir, pathErr(err))
 	}
-	s.keys, s.unusable, s.listErr = ks.keys, ks.unusable, ks.listErr
+	s.logProblems(ks)
+	s.set = ks
 	s.gen.Store(1)
 	s.log.Info("signing keys loaded", "password_dir", s.dir, "pool_key", s.pool,
-		"key_owner", owner, logKeys(ks.keys), "generation", 1)
-	if len(ks.keys) == 0 {
+		"key_owner", owner, "keys", ks.Names(), "generation", 1)
+	if ks.Len() == 0 {
 		s.log.Warn("no usable signing key yet: every verify request gets 503 key-unavailable until one appears", "password_dir", s.dir, "pool_key", s.pool)
 	}
+	if td == "" {
+		s.log.Warn("no trust domain known: judging every token whatever its issuer; set --trust-domain, trust_domain in verifyd's configuration, or TRUST_DOMAIN in HTCondor's")
+	} else {
+		s.log.Info("speaking for one trust domain: tokens of other issuers get no verdict", "trust_domain", td, "from", tdFrom)
+	}
+	if maxAge > 0 {
+		s.log.Info("tokens older than SEC_TOKEN_MAX_AGE are expired", "token_max_age", maxAge)
+	}
 	return s, nil
+}
+
+// TrustDomain is the trust domain verifyd speaks for; "" when it knows none
+// and judges every token.
+func (s *Server) TrustDomain() string { return s.trustDomain }
+
+// TokenMaxAge is the pool's SEC_TOKEN_MAX_AGE; 0 when it has none.
+func (s *Server) TokenMaxAge() time.Duration { return s.maxAge }
+
+// state is what GET /v1/generation and /v1/changes answer.
+func (s *Server) state() verifyapi.GenerationResponse {
+	return verifyapi.GenerationResponse{
+		Generation:  s.Generation(),
+		TrustDomain: s.trustDomain,
+		TokenMaxAge: int64(s.maxAge / time.Second),
+	}
 }
 
 // Generation is the current key generation: 1 after New, one more at every
@@ -260,22 +318,29 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		localapi.WriteError(w, http.StatusBadRequest, verifyapi.CodeBadRequest, `want a JSON object {"token": "<jwt>"}`)
 		return
 	}
-	reason, t, gen, unusable := s.check(raw, time.Now())
-	outcome := slog.String("reason", string(reason))
-	if unusable != "" {
+	v := s.check(raw, time.Now())
+	outcome := slog.String("reason", string(v.reason))
+	switch {
+	case v.unusable != "":
 		outcome = slog.String("error", verifyapi.CodeKeyUnavailable)
+	case v.cannotTell != "":
+		outcome = slog.String("cannot_tell", v.cannotTell)
 	}
-	if t != nil {
-		s.log.Debug("verify", "peer_uid", uid, "kid", t.Kid, "iss", t.Iss, "sub", t.Sub, outcome, "generation", gen)
+	if t := v.tok; t != nil {
+		s.log.Debug("verify", "peer_uid", uid, "kid", t.Kid, "iss", t.Iss, "sub", t.Sub, outcome, "generation", v.gen)
 	} else {
-		s.log.Debug("verify", "peer_uid", uid, outcome, "generation", gen)
+		s.log.Debug("verify", "peer_uid", uid, outcome, "generation", v.gen)
 	}
-	if unusable != "" {
+	if v.unusable != "" {
 		// Not a verdict: agents keep the token and ask again later.
-		localapi.WriteError(w, http.StatusServiceUnavailable, verifyapi.CodeKeyUnavailable, unusable)
+		localapi.WriteError(w, http.StatusServiceUnavailable, verifyapi.CodeKeyUnavailable, v.unusable)
 		return
 	}
-	localapi.WriteJSON(w, http.StatusOK, verifyapi.VerifyResponse{Reason: reason, Generation: gen})
+	st := s.state()
+	localapi.WriteJSON(w, http.StatusOK, verifyapi.VerifyResponse{
+		Reason: v.reason, Generation: v.gen, CannotTell: v.cannotTell,
+		TrustDomain: st.TrustDomain, TokenMaxAge: st.TokenMaxAge,
+	})
 }
 
 // tokenField returns the bytes of the "token" string of a JSON object. A
@@ -306,55 +371,82 @@ func tokenField(body []byte) ([]byte, bool) {
 	return []byte(s), true
 }
 
+// verdict is what check found. Only with cannotTell and unusable both ""
+// is reason a verdict.
+type verdict struct {
+	reason token.Reason
+	tok    *token.Token // nil when malformed
+	gen    uint64       // the key generation of the verdict
+	// cannotTell: no verdict, the token is not of verifyd's trust domain
+	// (verifyapi.CannotTellOtherIssuer).
+	cannotTell string
+	// unusable: no verdict, verifyd cannot use the key it needs; why.
+	unusable string
+}
+
 // check gives the verdict on raw with the current keys, and the generation
-// of those keys. Order: structure (malformed), kid (unknown-key), signature
-// (rotated-key), then exp (expired, no margin: HTCondor servers allow no
-// leeway). The signature comes before the time, so that claims are trusted
-// only once they are authentic: a token whose key was rotated is
-// rotated-key even when it has expired too.
+// of those keys. Order: structure (malformed), issuer (no verdict on
+// another trust domain's token), kid (unknown-key), signature
+// (rotated-key), then time (expired: past exp, or past iat +
+// SEC_TOKEN_MAX_AGE; no margin, as HTCondor servers allow no leeway). The
+// signature comes before the time, so that claims are trusted only once
+// they are authentic: a token whose key was rotated is rotated-key even
+// when it has expired too.
 //
-// When verifyd cannot judge raw, unusable says why and there is no verdict:
-// it holds no key at all (whatever raw is), or the key file of the token's
-// kid is there but cannot be used, or the kid is POOL and there is no
-// usable pool key file. A named kid with no key file is unknown-key.
-func (s *Server) check(raw []byte, now time.Time) (r token.Reason, t *token.Token, gen uint64, unusable string) {
+// There is no verdict (unusable says why) when verifyd holds no key at all
+// (whatever raw is), when the key file of the token's kid is there but
+// cannot be used, and when the kid is POOL and there is no usable pool key
+// file. A named kid with no key file is unknown-key.
+func (s *Server) check(raw []byte, now time.Time) verdict {
 	t, err := token.Parse(raw)
 	s.mu.RLock()
-	gen = s.gen.Load()
-	if len(s.keys) == 0 {
-		s.mu.RUnlock()
-		return "", t, gen, fmt.Sprintf("verifyd holds no usable signing key (password directory %s, pool key file %s), so it cannot judge any token; its log says why", s.dir, s.pool)
+	defer s.mu.RUnlock() // a replaced key is wiped under the write lock
+	v := verdict{gen: s.gen.Load()}
+	switch {
+	case s.set.Len() == 0:
+		v.tok = t
+		v.unusable = fmt.Sprintf("verifyd holds no usable signing key (password directory %s, pool key file %s), so it cannot judge any token; its log says why", s.dir, s.pool)
+		return v
+	case err != nil:
+		v.reason = token.Malformed
+		return v
 	}
-	if err != nil {
-		s.mu.RUnlock()
-		return token.Malformed, nil, gen, ""
+	v.tok = t
+	if s.trustDomain != "" && t.Iss != s.trustDomain {
+		v.cannotTell = verifyapi.CannotTellOtherIssuer
+		return v
 	}
-	key, unusable := s.keyFor(t.Kid)
-	if key == nil {
-		s.mu.RUnlock()
-		if unusable != "" {
-			return "", t, gen, unusable
+	key, unusable := s.set.Key(t.Kid)
+	switch {
+	case key == nil && unusable != "":
+		kid := cmp.Or(t.Kid, token.PoolKeyName)
+		v.unusable = fmt.Sprintf("verifyd cannot use the key of kid %q, so it cannot judge this token: %s", kid, unusable)
+	case key == nil:
+		v.reason = token.UnknownKey
+	default:
+		if err := token.Verify(raw, key); err != nil { // hmac.Equal: constant time
+			v.reason = token.ReasonOf(err)
+		} else if t.ExpiresWithin(now, 0) || s.pastMaxAge(t, now) {
+			v.reason = token.Expired
 		}
-		return token.UnknownKey, t, gen, ""
 	}
-	err = token.Verify(raw, key) // hmac.Equal: constant time
-	s.mu.RUnlock()
-	if err != nil {
-		return token.ReasonOf(err), t, gen, ""
-	}
-	if t.ExpiresWithin(now, 0) {
-		return token.Expired, t, gen, ""
-	}
-	return token.Valid, t, gen, ""
+	return v
+}
+
+// pastMaxAge reports whether the servers refuse t for its age: iat +
+// SEC_TOKEN_MAX_AGE has passed. (That is token.Token.Effective's expiry,
+// with no margin.)
+func (s *Server) pastMaxAge(t *token.Token, now time.Time) bool {
+	return s.maxAge > 0 && !now.Before(time.Unix(t.Iat, 0).Add(s.maxAge))
 }
 
 func (s *Server) handleGeneration(w http.ResponseWriter, r *http.Request) {
-	localapi.WriteJSON(w, http.StatusOK, verifyapi.GenerationResponse{Generation: s.Generation()})
+	localapi.WriteJSON(w, http.StatusOK, s.state())
 }
 
 // handleChanges is the long poll: it answers as soon as the generation is
 // not after, or when the poll times out, the client goes away or the server
-// stops, always with the current generation.
+// stops, always with the current state.
 func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query().Get("after")
 	after, err := strconv.ParseUint(q, 10, 64)
@@ -376,5 +468,5 @@ func (s *Server) handleChanges(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 		}
 	}
-	localapi.WriteJSON(w, http.StatusOK, verifyapi.GenerationResponse{Generation: s.Generation()})
+	localapi.WriteJSON(w, http.StatusOK, s.state())
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -277,6 +278,7 @@ func TestLongPoll(t *testing.T) {
 
 func TestShutdownAnswersPolls(t *testing.T) {
 	f := newRotation(t)
+	live := secmem.Live()
 	ts := start(t, fast(f.dir), func(s *Server) { s.pollTimeout = time.Hour })
 	g := ts.gen(t)
 	got := make(chan error, 1)
@@ -299,10 +301,13 @@ func TestShutdownAnswersPolls(t *testing.T) {
 	}
 	// The keys are gone with the server.
 	ts.mu.RLock()
-	n := len(ts.keys)
+	n := ts.set.Len()
 	ts.mu.RUnlock()
 	if n != 0 {
 		t.Fatalf("%d keys still held after Serve returned", n)
+	}
+	if n := secmem.Live() - live; n != 0 {
+		t.Fatalf("%d locked buffers left after Serve returned", n)
 	}
 }
 
@@ -321,7 +326,9 @@ func TestVerifyBody(t *testing.T) {
 // encoding.
 func TestNoSecretsLeak(t *testing.T) {
 	f := newRotation(t)
-	ts := start(t, fast(f.dir), nil)
+	o := fast(f.dir)
+	o.TrustDomain, o.TokenMaxAge = "example.org", time.Hour // every kind of answer
+	ts := start(t, o, nil)
 	var answers bytes.Buffer
 	post := func(tok []byte) {
 		r := ts.do(t, http.MethodPost, verifyapi.PathVerify, verifyapi.VerifyBody(tok))
@@ -330,7 +337,8 @@ func TestNoSecretsLeak(t *testing.T) {
 			answers.WriteString(k + strings.Join(v, ","))
 		}
 	}
-	tokens := [][]byte{f.tOldPool, f.tOldAP, f.tNewPool, f.tNewAP, f.tExtra}
+	tokens := [][]byte{f.tOldPool, f.tOldAP, f.tNewPool, f.tNewAP, f.tExtra,
+		signAs(t, "other.example", "POOL", f.oldPool, time.Now(), time.Hour)}
 	for _, tok := range tokens {
 		post(tok)
 		post(append(bytes.Clone(tok), 'x')) // malformed

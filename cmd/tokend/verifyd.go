@@ -38,9 +38,10 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	socket := fl.String("socket", "", "socket to listen on when not socket-activated (default "+config.DefaultVerifyd+")")
 	passwordDir := fl.String("password-dir", "", "SEC_PASSWORD_DIRECTORY (default: condor_config_val, else "+config.DefaultPasswordDir+")")
 	poolKey := fl.String("pool-key", "", "SEC_TOKEN_POOL_SIGNING_KEY_FILE (default: condor_config_val, else <password-dir>/POOL)")
+	trustDomain := fl.String("trust-domain", "", "the iss of the pool's tokens; tokens of other issuers get no verdict (default: condor_config_val TRUST_DOMAIN, else every token is judged)")
 	logLevel := fl.String("log-level", "", "debug, info, warn or error (default info)")
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "usage: tokend verifyd [--config FILE] [--socket PATH] [--password-dir DIR] [--pool-key FILE] [--log-level LEVEL]\n\n"+
+		fmt.Fprintf(fl.Output(), "usage: tokend verifyd [--config FILE] [--socket PATH] [--password-dir DIR] [--pool-key FILE] [--trust-domain NAME] [--log-level LEVEL]\n\n"+
 			"Holds the pool's signing keys and tells tokend agents whether a token's signature is good\nwith the current key. Runs as root (or the user owning the key files).\n\n")
 		fl.PrintDefaults()
 	}
@@ -68,6 +69,8 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			cfg.PasswordDir = *passwordDir
 		case "pool-key":
 			cfg.PoolKey = *poolKey
+		case "trust-domain":
+			cfg.TrustDomain = *trustDomain
 		case "log-level":
 			cfg.LogLevel = *logLevel
 		}
@@ -88,6 +91,7 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	srv, err := verifyd.New(verifyd.Options{
 		PasswordDir: cfg.PasswordDir,
 		PoolKey:     cfg.PoolKey,
+		TrustDomain: cfg.TrustDomain,
 		KeyOwner:    cfg.KeyOwner,
 		Rate:        cfg.Rate,
 		Burst:       cfg.Burst,
@@ -104,7 +108,7 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFailure
 	}
 	defer l.Close()
-	log.Info("verifyd listening", "socket", l.Addr().String(), "generation", srv.Generation())
+	log.Info("verifyd listening", "socket", l.Addr().String(), "generation", srv.Generation(), "trust_domain", srv.TrustDomain())
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}

@@ -51,8 +51,9 @@ func TestVerifydRun(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "verify.sock")
 	cfg := filepath.Join(t.TempDir(), "verifyd.toml")
-	// The file names another socket and directory; the flags win.
-	conf := "socket = \"" + filepath.Join(dir, "other.sock") + "\"\npassword_dir = \"/nonexistent\"\nrate = 1000.0\nburst = 1000\nlog_level = \"debug\"\n"
+	// The file names another socket, directory and trust domain; the
+	// flags win.
+	conf := "socket = \"" + filepath.Join(dir, "other.sock") + "\"\npassword_dir = \"/nonexistent\"\ntrust_domain = \"file.example\"\nrate = 1000.0\nburst = 1000\nlog_level = \"debug\"\n"
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func TestVerifydRun(t *testing.T) {
 	var stdout, stderr syncbuf.Buffer
 	code := make(chan int, 1)
 	go func() {
-		code <- runVerifyd(ctx, []string{"--config", cfg, "--socket", sock, "--password-dir", keys}, &stdout, &stderr)
+		code <- runVerifyd(ctx, []string{"--config", cfg, "--socket", sock, "--password-dir", keys, "--trust-domain", "test.example"}, &stdout, &stderr)
 	}()
 	c := verifyapi.NewClient(sock)
 	defer c.Close()
@@ -70,8 +71,8 @@ func TestVerifydRun(t *testing.T) {
 		return err == nil
 	})
 	r, err := c.Verify(ctx, tok)
-	if err != nil || r.Reason != token.Valid || r.Generation != 1 {
-		t.Fatalf("Verify through runVerifyd: %+v, %v", r, err)
+	if err != nil || r.Reason != token.Valid || r.Generation != 1 || r.TrustDomain != "test.example" || r.CannotTell != "" {
+		t.Fatalf("Verify through runVerifyd: %+v, %v; want valid, for trust domain test.example", r, err)
 	}
 	cancel()
 	select {
@@ -130,5 +131,8 @@ func TestVerifydRunErrors(t *testing.T) {
 	}
 	if n, _, e := run("--config", empty, "--password-dir", keys, "--log-level", "loud"); n != exitUsage || !strings.Contains(e, "log level") {
 		t.Fatalf("bad log level: exit %d, %s", n, e)
+	}
+	if n, _, e := run("--config", empty, "--password-dir", keys, "--trust-domain", "a b"); n != exitUsage || !strings.Contains(e, `trust_domain = "a b": want an issuer name`) {
+		t.Fatalf("bad trust domain: exit %d, %s", n, e)
 	}
 }

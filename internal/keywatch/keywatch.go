@@ -45,7 +45,9 @@ const (
 type Options struct {
 	Dir     string // the key directory
 	PoolKey string // the pool key file; "" when it is in Dir
-	// Debounce and MaxDelay: default 30 ms and 200 ms.
+	// Debounce and MaxDelay: default 30 ms and 200 ms. Settled does not
+	// debounce (it settles); MaxDelay bounds how long a steady stream of
+	// events restarts its reads.
 	Debounce, MaxDelay time.Duration
 	// Resync calls back this often even without events, for what inotify
 	// cannot see (a symlinked key whose target changes, the parent of

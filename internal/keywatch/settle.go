@@ -31,11 +31,12 @@ const (
 // holds, and drops it if it keeps its own); drop receives every other
 // snapshot read, so that keys in them can be zeroed. read, same, apply and
 // drop run on Settled's goroutine, one at a time. Settled returns when ctx
-// is done, releasing the watches.
+// is done, releasing the watches and dropping a reading it still holds.
 func Settled[S any](ctx context.Context, w *Watcher, read func() S, same func(a, b S) bool, apply func(S), drop func(S)) {
 	s := newSettle(func() S { w.rewatch(); return read() }, same, apply, drop, w.o.MaxDelay)
 	s.event(time.Now())
 	w.run(ctx, s)
+	s.forget() // a reading not yet confirmed when ctx ended
 }
 
 // settle is the settle rule as a state machine: the watch loop (or a test,

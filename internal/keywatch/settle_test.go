@@ -232,6 +232,18 @@ func TestSettledFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 5*time.Second, "the changed key", func() bool { return applied("two") })
+	// Stop while a reading waits for its confirmation: it is dropped too.
+	mu.Lock()
+	n := reads
+	mu.Unlock()
+	if err := os.WriteFile(filepath.Join(dir, "OTHER"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "a reading after the event", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return reads > n
+	})
 	cancel()
 	<-done
 	mu.Lock()
