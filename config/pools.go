@@ -21,6 +21,10 @@ const DefaultPool = "default"
 // token name ("tokend-" + name).
 const MaxPoolName = 64
 
+// MaxPools bounds the [pools.NAME] tables: each is a session token fetched
+// in parallel at login and kept in locked memory.
+const MaxPools = 32
+
 var poolNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // Pool is one [pools.NAME] table as written. Unset values are resolved by
@@ -202,6 +206,10 @@ func (c *Config) checkPools(bad reporter) {
 		verifyds[filepath.Clean(c.Validate.Verifyd)] = "validate.verifyd"
 	}
 
+	if len(c.Pools) > MaxPools {
+		bad("pools", fmt.Sprintf("(%d tables)", len(c.Pools)), fmt.Sprintf("want at most %d [pools.NAME] tables", MaxPools))
+		return
+	}
 	for _, name := range c.poolNames() {
 		p := c.Pools[name]
 		switch {

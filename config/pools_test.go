@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -289,6 +290,7 @@ probe = [""]
 			[]string{`unknown key "verifyd" (did you mean "validate.verifyd"?)`}},
 		{"pools not a table", "pools = 3\n", []string{`FILE: pools = (a integer): want [pools.NAME] tables`}},
 		{"a pool not a table", "[pools]\nosg = \"x\"\n", []string{`FILE`, `pools.osg`}},
+		{"too many pools", manyPools(MaxPools + 1), []string{`FILE: pools = (33 tables): want at most 32 [pools.NAME] tables`}},
 		{"bad wait", "[fetch]\nwait = \"2m\"\n", []string{`FILE: fetch.wait = "2m": want "0s" (never wait) up to 1m`}},
 	}
 	for _, tt := range tests {
@@ -308,6 +310,14 @@ probe = [""]
 	}
 }
 
+func manyPools(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "[pools.p%d]\ntrust_domain = \"t%d\"\n[pools.p%d.fetch]\npool = \"cm\"\n", i, i, i)
+	}
+	return b.String()
+}
+
 // Good pools configurations load.
 func TestPoolsValid(t *testing.T) {
 	tests := map[string]string{
@@ -321,6 +331,7 @@ func TestPoolsValid(t *testing.T) {
 		"verifyds of their own":   "[pools.a]\ntrust_domain = \"a\"\n[pools.a.fetch]\npool = \"cm\"\n[pools.a.validate]\nverifyd = \"/run/a.sock\"\n",
 		"no default verifyd":      "[validate]\nverifyd = \"\"\n[pools.a]\ntrust_domain = \"a\"\n[pools.a.fetch]\npool = \"cm\"\n[pools.a.validate]\nverifyd = \"/run/tokend/verify.sock\"\n",
 		"an empty pools table":    "[pools]\n",
+		"the most pools":          manyPools(MaxPools),
 	}
 	for name, file := range tests {
 		t.Run(name, func(t *testing.T) {
