@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/config"
+	"github.com/tokend/tokend/internal/keyset"
 	"github.com/tokend/tokend/internal/keywatch"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
@@ -126,12 +127,17 @@ func waitState(ctx context.Context, c *verifyapi.Client, after uint64) (verifydS
 // the periodic resync is all there is.
 func watchKeys(ctx context.Context, log *slog.Logger, v config.Validate, keys *validate.Keys, changed func()) {
 	w := keywatch.New(keywatch.Options{Dir: v.KeyDir, PoolKey: v.PoolKey, Log: log, Resync: v.Interval.Std(), Fallback: v.Interval.Std()})
-	keywatch.Settled(ctx, w, keys.Read, validate.SameKeys,
-		func(s *validate.KeySet) {
-			if keys.Apply(s) {
-				log.Info("signing keys changed; re-checking every token", "key_dir", v.KeyDir, "generation", keys.Generation())
-				changed()
+	keywatch.Settled(ctx, w, keys.Read, keyset.Same,
+		func(s *keyset.Set) {
+			problems := s.Problems()
+			if !keys.Apply(s) {
+				return
 			}
+			for _, p := range problems {
+				log.Warn("a key file cannot be used; tokens of its kid are not judged", "kid", p.Kid, "problem", p.Msg)
+			}
+			log.Info("signing keys changed; re-checking every token", "key_dir", v.KeyDir, "generation", keys.Generation())
+			changed()
 		},
-		(*validate.KeySet).Wipe)
+		(*keyset.Set).Wipe)
 }

@@ -78,7 +78,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startVerifyd(ctx); err != nil {
 		return err
 	}
-	d.say("   verifyd watches it and answers agents on %s", d.vfy)
+	d.say("   verifyd watches it and answers agents on %s, for the trust domain %s", d.vfy, demoTD)
 
 	d.step(2, "Login: the agent mounts the token directory and fetches a session token per pool, in parallel")
 	start := time.Now()
@@ -169,8 +169,9 @@ func (d *demo) run(ctx context.Context) error {
 	return d.checkNothingLeft()
 }
 
-// The second pool of the demo.
+// The demo's pools: the one verifyd speaks for, and a second one.
 const (
+	demoTD          = "demo.tokend.example"
 	nationalTD      = "national.example"
 	nationalSession = "tokend-national"
 )
@@ -290,7 +291,7 @@ func (d *demo) startVerifyd(ctx context.Context) error {
 	}
 	log := filepath.Join(d.work, "verifyd.log")
 	var err error
-	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
+	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys, "--trust-domain", demoTD)
 	if err != nil {
 		return err
 	}
@@ -327,7 +328,7 @@ lifetime = "1h"
 
 [fetch.local]
 key_dir = %q
-issuer = "demo.tokend.example"
+issuer = %q
 
 [validate]
 verifyd = %q
@@ -342,7 +343,7 @@ key_dir = %q
 
 [pools.national.validate]
 key_dir = %q
-`, d.dir, d.sock, d.keys, d.vfy, nationalTD, d.national, d.national)
+`, d.dir, d.sock, d.keys, demoTD, d.vfy, nationalTD, d.national, d.national)
 	cfgFile := filepath.Join(d.work, "config.toml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err
@@ -431,7 +432,7 @@ func (d *demo) sign(authz ...string) ([]byte, error) {
 		return nil, err
 	}
 	defer clear(key)
-	return token.Sign(token.Claims{Issuer: "demo.tokend.example", Subject: "demo@demo.tokend.example", Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	return token.Sign(token.Claims{Issuer: demoTD, Subject: "demo@" + demoTD, Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key)
 }
 
 // checkNothingLeft verifies the logout: no mount, no socket, and none of the

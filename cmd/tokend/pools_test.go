@@ -470,3 +470,69 @@ func TestBadPoolsConfig(t *testing.T) {
 		})
 	}
 }
+
+// Where the pool sets SEC_TOKEN_MAX_AGE (verifyd reports it), a token whose
+// iat is older is hidden as expired, and the session token is refreshed
+// before its iat + max age, with no moment when the tools find none.
+func TestMaxAge(t *testing.T) {
+	v := newVerifyd(t)
+	v.trustDomain = "test.example"
+	v.env = []string{"_CONDOR_SEC_TOKEN_MAX_AGE=9"}
+	settings := v.settings()
+	settings["validate.exp_margin"] = `"1s"`
+	e := newEnv(t, settings)
+	writeRootKey(t, filepath.Join(v.keys, token.PoolKeyName), e.userKey(token.PoolKeyName))
+	v.start()
+	e.start()
+	e.waitVerifyd(true)
+	testenv.Eventually(t, goneWithin, "the agent to learn the pool's max age", func() bool {
+		return e.poolStatus(config.DefaultPool).TokenMaxAge == 9
+	})
+
+	now := time.Now().Unix()
+	old := e.signRaw(token.PoolKeyName, nil, jwt.MapClaims{"iss": "test.example", "sub": "old@test.example", "iat": now - 60, "exp": now + 3600})
+	e.write("write", "old", old) // refused, or hidden at once
+	testenv.Eventually(t, goneWithin, "the token past the max age to be judged", func() bool {
+		l := e.listed("old")
+		return len(l) == 0 || !slices.ContainsFunc(l, func(t api.Token) bool { return t.State == api.StateValid })
+	})
+	if e.showsToken(old) {
+		t.Fatal("a token past SEC_TOKEN_MAX_AGE is shown")
+	}
+	for _, l := range e.listed("old") {
+		if l.Reason != "expired" {
+			t.Fatalf("the token past the max age is hidden as %q, want expired", l.Reason)
+		}
+	}
+
+	var w struct {
+		Reads    int
+		NoToken  int `json:"no_token"`
+		Failures []string
+		Distinct int
+		Seen     []string
+	}
+	e.sim(e.u, &w, "", "watch", e.dir, "12")
+	for _, s := range w.Seen {
+		e.secrets = append(e.secrets, []byte(s))
+	}
+	t.Logf("%d reads, %d distinct session tokens, %d failed reads", w.Reads, w.Distinct, len(w.Failures))
+	if w.Distinct < 2 {
+		t.Fatalf("the session token was not refreshed in 12 s (max age 9 s): %+v\n%s", w, e.statusJSON())
+	}
+	if w.NoToken > len(w.Failures) {
+		t.Fatalf("%d of %d reads found no token (beyond %d reads that raced a replacement)", w.NoToken, w.Reads, len(w.Failures))
+	}
+	for _, s := range w.Seen {
+		if s == string(old) {
+			t.Fatal("the tools read the token past the max age")
+		}
+	}
+	st := e.poolStatus(config.DefaultPool)
+	if st.Session.State != api.SessionValid || st.Session.Exp == nil {
+		t.Fatalf("status after refreshes: %+v", st.Session)
+	}
+	if tok, err := token.Parse(e.sessionToken()); err != nil || *st.Session.Exp != tok.Iat+9 {
+		t.Fatalf("the session token's expiry in the status: %d, want its iat + 9 (%+v, %v)", *st.Session.Exp, tok, err)
+	}
+}
