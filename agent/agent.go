@@ -126,7 +126,12 @@ func newAgent(o Options) (*Agent, error) {
 	})
 	if def := a.pools[0]; def.cfg.TrustDomain == "" {
 		// Else what verifyd reports, which wins when it comes.
-		if a.condorTD = condorTrustDomain(); a.condorTD != "" {
+		a.condorTD = condorTrustDomain()
+		if other := a.configuredElsewhere(def, a.condorTD); other != "" {
+			a.log.Warn("HTCondor's TRUST_DOMAIN is another pool's; the default pool's stays unknown (set trust_domain)", "trust_domain", a.condorTD, "other_pool", other)
+			a.condorTD = ""
+		}
+		if a.condorTD != "" {
 			a.router.SetTrustDomain(def.cfg.Name, a.condorTD, api.TrustFromCondor)
 		}
 	}

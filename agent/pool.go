@@ -125,7 +125,15 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 			a.log.Warn("verifyd speaks for another trust domain than the configured one", "pool", name, "verifyd_trust_domain", td, "trust_domain", p.cfg.TrustDomain)
 		}
 		return false
+	case td != "" && a.configuredElsewhere(p, td) != "":
+		// Another pool's: its tokens stay that pool's to judge.
+		other := a.configuredElsewhere(p, td)
+		p.mismatch = fmt.Sprintf("verifyd (%s) speaks for the trust domain %q, which is pool %s's: it judges none of its tokens; point %s at this pool's verifyd, or set %s",
+			p.verifyd.client.Socket(), td, other, validateKey(name, "verifyd"), trustKey(name))
+		a.log.Warn("verifyd speaks for another pool's trust domain", "pool", name, "verifyd_trust_domain", td, "other_pool", other)
+		return false
 	case td != "" && (td != cur || from != api.TrustFromVerifyd):
+		p.mismatch = ""
 		a.log.Info("the pool's trust domain, as verifyd reports it", "pool", name, "trust_domain", td, "was", cur)
 		return a.router.SetTrustDomain(name, td, api.TrustFromVerifyd)
 	case td == "" && from == api.TrustFromVerifyd:
@@ -138,6 +146,17 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 		return a.router.SetTrustDomain(name, a.condorTD, source)
 	}
 	return false
+}
+
+// configuredElsewhere returns the name of the pool other than p whose
+// configured trust domain is td, "" if none.
+func (a *Agent) configuredElsewhere(p *pool, td string) string {
+	for _, o := range a.pools {
+		if o != p && o.cfg.TrustDomain == td {
+			return o.cfg.Name
+		}
+	}
+	return ""
 }
 
 // trustKey is the config key of a pool's trust domain.
