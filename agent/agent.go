@@ -211,15 +211,17 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	for _, p := range a.pools {
 		if p.verifyd != nil {
 			wg.Go(func() {
-				p.verifyd.follow(ctx, func(st verifydState, rotated bool) {
-					changedTD := a.learn(p, st.TrustDomain, st.TokenMaxAge)
-					a.onRotation(p, rotated, changedTD)
+				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
+					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
+						a.recheck.Store(true) // kept tokens too: their pool may have changed
+					}
+					a.onRotation(p, ev == verifydRotated, ev == verifydRotated || ev == verifydBack)
 				})
 			})
 		}
 		if p.keys != nil {
 			log := a.log.With("pool", p.cfg.Name)
-			wg.Go(func() { watchKeys(ctx, log, p.cfg.Validate, p.keys, func() { a.onRotation(p, true, false) }) })
+			wg.Go(func() { watchKeys(ctx, log, p.cfg.Validate, p.keys, func() { a.onRotation(p, true, true) }) })
 		}
 	}
 	wg.Go(func() { a.sessions.watch(ctx) })
@@ -251,20 +253,20 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 // Logout ends the agent: wipe, unmount, exit.
 func (a *Agent) Logout() { a.once.Do(func() { close(a.logout) }) }
 
-// onRotation re-checks every token now, and refetches the pool's session
-// token (after a jitter) if it went stale. rotated: the pool's keys really
-// changed (a new epoch, in which a remembered token that still does not
-// verify counts a miss); else verifyd came back or said something new.
-// A new trust domain re-checks remembered tokens too.
-func (a *Agent) onRotation(p *pool, rotated, trustChanged bool) {
-	a.mu.Lock()
-	p.session.rotatedAt = time.Now()
-	a.mu.Unlock()
+// onRotation re-checks every token now. rotated: the pool's keys really
+// changed, a new epoch, in which a kept token that still does not verify
+// counts a miss (and kept tokens are checked again). jitter: the change
+// reached every agent on the host at once (a rotation, verifyd back after
+// a restart), so a session token it made stale is fetched again after a
+// random delay.
+func (a *Agent) onRotation(p *pool, rotated, jitter bool) {
+	if jitter {
+		a.mu.Lock()
+		p.session.rotatedAt = time.Now()
+		a.mu.Unlock()
+	}
 	if rotated {
 		p.epoch.Add(1)
-	}
-	if rotated || trustChanged {
-		a.recheck.Store(true)
 	}
 	poke(a.changed)
 }

@@ -169,7 +169,7 @@ func TestRememberedRechecks(t *testing.T) {
 	// Key changes the checks cannot judge: nothing happens.
 	k.set("", true)
 	for range 3 {
-		a.onRotation(p, true, false)
+		a.onRotation(p, true, true)
 		pass()
 	}
 	if shown, kept, misses := info(a, "a"); shown || !kept || misses != 0 {
@@ -178,7 +178,7 @@ func TestRememberedRechecks(t *testing.T) {
 
 	// A key change, still rotated-key: one miss, not two in one epoch.
 	k.set(token.RotatedKey, false)
-	a.onRotation(p, true, false)
+	a.onRotation(p, true, true)
 	pass()
 	a.recheck.Store(true) // a re-check in the same epoch
 	pass()
@@ -188,7 +188,7 @@ func TestRememberedRechecks(t *testing.T) {
 
 	// A good verdict at the next key change brings both back.
 	k.set(token.Valid, false)
-	a.onRotation(p, true, false)
+	a.onRotation(p, true, true)
 	pass()
 	for _, name := range []string{"a", "b"} {
 		if shown, kept, _ := info(a, name); !shown || kept {
@@ -200,7 +200,7 @@ func TestRememberedRechecks(t *testing.T) {
 	k.set(token.RotatedKey, false)
 	pass()
 	for range 2 {
-		a.onRotation(p, true, false)
+		a.onRotation(p, true, true)
 		pass()
 	}
 	if shown, kept, _ := info(a, "a"); shown || kept {

@@ -58,11 +58,22 @@ func (w *verifydWatch) state() (bool, verifydState) {
 	return w.up, w.st
 }
 
+// verifydEvent says why follow calls back.
+type verifydEvent int
+
+const (
+	verifydFirst   verifydEvent = iota // it answered for the first time
+	verifydBack                        // it answers again after being away
+	verifydRotated                     // its key generation changed
+	verifydNews                        // its trust domain or max age changed
+)
+
 // follow calls changed with what verifyd says when it first answers, when
-// it comes back after being away (tokens were checked without it; rotated
-// is false then), and when its key generation changes (rotated is true).
+// it comes back after being away (tokens were checked without it), when
+// its key generation changes, and when its trust domain or max age does.
 // While verifyd is away it retries with a growing delay (up to 10 s).
-func (w *verifydWatch) follow(ctx context.Context, changed func(st verifydState, rotated bool)) {
+func (w *verifydWatch) follow(ctx context.Context, changed func(st verifydState, ev verifydEvent)) {
+	seen := false
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		w.mu.Lock()
@@ -98,12 +109,16 @@ func (w *verifydWatch) follow(ctx context.Context, changed func(st verifydState,
 		switch {
 		case !wasUp:
 			w.log.Info("verifyd answers", "generation", st.Generation, "trust_domain", st.TrustDomain)
-			changed(st, false)
+			ev := verifydBack
+			if !seen {
+				ev, seen = verifydFirst, true
+			}
+			changed(st, ev)
 		case st.Generation != old.Generation:
 			w.log.Info("signing keys changed; re-checking every token", "generation", st.Generation)
-			changed(st, true)
+			changed(st, verifydRotated)
 		case st != old:
-			changed(st, false)
+			changed(st, verifydNews)
 		}
 	}
 }
