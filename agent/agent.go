@@ -1,7 +1,16 @@
 // Package agent is the per-user agent: it mounts the token directory, keeps
-// the tokens in it valid (validation, hiding, refresh), and serves the
+// the tokens in it usable (validation, hiding, refresh), and serves the
 // control API that the CLI talks to. At the end of the session it zeroes
 // every token, unmounts, and removes its socket.
+//
+// It holds a session token for each pool (pool.go): the default pool of the
+// top-level keys and every [pools.NAME] table. Each token is judged only by
+// the checks of the pool its iss belongs to (validate.Router), and hidden
+// only on a verdict that breaks HTCondor's tools. A token hidden for a
+// reason a key change or time can undo (rotated-key, not-yet-valid) is kept
+// in locked memory by the store and judged again at each key change of its
+// pool (keeper.go, recheckRemembered): it comes back when it verifies, and
+// is zeroed after two key changes in which it did not.
 package agent
 
 import (
