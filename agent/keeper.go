@@ -29,7 +29,10 @@ type sessionState struct {
 	rotatedAt time.Time // the pool's keys last changed (or verifyd came back)
 	// unknownKeyAt is the key epoch + 1 at which the session token was
 	// last fetched for being unknown-key (0: never): once per generation.
-	unknownKeyAt uint64
+	// forUnknownKey: the planned fetch is that one; when it fails, it is
+	// not retried (the token it would replace is still shown).
+	unknownKeyAt  uint64
+	forUnknownKey bool
 	// firstCheck is the token just fetched, until a check pass has judged
 	// it: one hidden then counts as a failed fetch.
 	firstCheck *token.Token
@@ -264,6 +267,7 @@ func (a *Agent) planSession(p *pool, infos []store.Info, now time.Time) time.Tim
 		if s.state == api.SessionValid || s.next.IsZero() {
 			s.next = a.soon(p, now)
 		}
+		s.forUnknownKey = false
 		s.state, s.exp, s.iat = api.SessionMissing, 0, 0
 		if s.failures > 0 {
 			s.state = api.SessionFailed
@@ -288,7 +292,7 @@ func (a *Agent) planSession(p *pool, infos []store.Info, now time.Time) time.Tim
 			// The pool has no key of its kid: a fresh token may have
 			// one. Once per key generation; the fresh one replaces it.
 			s.unknownKeyAt = epoch + 1
-			s.next = a.soon(p, now)
+			s.next, s.forUnknownKey = a.soon(p, now), true
 			a.log.Info("the pool has no key for the session token's kid; fetching a fresh one", "pool", p.cfg.Name, "name", s.name, "token", &session.Token)
 		}
 	}
@@ -408,6 +412,8 @@ func (a *Agent) fetched(d fetchDone) {
 	s := &d.p.session
 	s.fetching = false
 	s.requestID = ""
+	once := s.forUnknownKey
+	s.forUnknownKey = false
 	if d.err == nil {
 		s.lastFetch = time.Now()
 		s.next = time.Time{}
@@ -418,6 +424,13 @@ func (a *Agent) fetched(d fetchDone) {
 	s.failures++
 	s.lastErr = d.err.Error()
 	s.state = api.SessionFailed
+	if once {
+		// The unknown-key token is still shown: keep it until its
+		// refresh, or the next key change.
+		s.next, s.iat = time.Time{}, 0
+		a.log.Error("could not fetch a session token to replace the unknown-key one; keeping it", "pool", d.p.cfg.Name, "err", d.err)
+		return
+	}
 	s.next = time.Now().Add(backoff(s.failures))
 	a.log.Error("could not fetch the session token; will retry", "pool", d.p.cfg.Name, "err", d.err, "failures", s.failures, "retry_at", s.next.Format(time.TimeOnly))
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -265,5 +266,38 @@ func TestNotYetValidReturns(t *testing.T) {
 	a.recheckRemembered(ctx, rc, now)
 	if shown, kept, _ := info(a, "later"); !shown || kept {
 		t.Fatalf("a not-yet-valid token past its nbf: shown %v kept %v, want shown", shown, kept)
+	}
+}
+
+// The pool's own session token with a kid the pool has no key for is
+// fetched again once per key generation; a failure of that fetch is not
+// retried while the token is shown.
+func TestUnknownKeySessionOncePerEpoch(t *testing.T) {
+	ctx := context.Background()
+	k := &switchKey{}
+	a := newTestAgent(t, k, nil)
+	p := a.pools[0]
+	putToken(t, a, p.session.name)
+	k.set(token.UnknownKey, false)
+	plan := func() bool {
+		a.validateAll(ctx)
+		a.planSession(p, a.store.Infos(), time.Now())
+		return a.startFetch(p)
+	}
+	if !plan() {
+		t.Fatal("no fetch for an unknown-key session token")
+	}
+	a.fetched(fetchDone{p: p, err: errors.New("the schedd is away")})
+	for range 3 {
+		if plan() {
+			t.Fatalf("the failed fetch for an unknown-key session token is retried: %+v", p.session)
+		}
+	}
+	if s := p.session; s.failures != 1 || s.state != api.SessionValid || s.next.IsZero() || s.next.Before(time.Now().Add(time.Minute)) {
+		t.Fatalf("after the failed fetch: %+v, want the token kept to its refresh, the failure counted", s)
+	}
+	a.onRotation(p, true, false)
+	if !plan() {
+		t.Fatal("no fetch for the unknown-key session token after a key change")
 	}
 }
