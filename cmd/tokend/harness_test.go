@@ -378,6 +378,9 @@ func (e *env) lockedWithin() {
 	if err != nil {
 		return
 	}
+	if strconv.FormatInt(st.MemoryLockLimit, 10) != agentMemlock {
+		e.t.Errorf("the agent ran under an RLIMIT_MEMLOCK of %d bytes, want %s", st.MemoryLockLimit, agentMemlock)
+	}
 	if !st.MemoryLocked || strings.Contains(e.log.String(), "not locked") {
 		e.t.Errorf("the agent could not keep every secret locked within an RLIMIT_MEMLOCK of %s bytes (%d bytes locked):\n%s",
 			agentMemlock, st.MemoryLockedBytes, e.log)
