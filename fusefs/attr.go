@@ -41,12 +41,22 @@ func setTimes(out *fuse.Attr, t time.Time) {
 	out.SetTimes(&t, &t, &t)
 }
 
+// entryOut describes a file to the kernel. A pending file (made by CREATE,
+// not committed yet) is not cached: no name finds it, and its first commit
+// or its end must not be hidden by a cached entry or size.
 func (fs *FS) entryOut(a store.Attr, out *fuse.EntryOut) {
 	out.NodeId = a.Ino
 	out.Generation = 1
 	fs.fileAttr(a, &out.Attr)
-	out.SetEntryTimeout(fs.opt.CacheTTL)
-	out.SetAttrTimeout(fs.opt.CacheTTL)
+	out.SetEntryTimeout(fs.ttl(a))
+	out.SetAttrTimeout(fs.ttl(a))
+}
+
+func (fs *FS) ttl(a store.Attr) time.Duration {
+	if a.Pending {
+		return 0
+	}
+	return fs.opt.CacheTTL
 }
 
 // GetAttr answers stat and fstat.
@@ -54,8 +64,8 @@ func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 	if !fs.allowed(&in.Caller) {
 		return fuse.EACCES
 	}
-	out.SetTimeout(fs.opt.CacheTTL)
 	if in.NodeId == rootIno {
+		out.SetTimeout(fs.opt.CacheTTL)
 		fs.rootAttr(&out.Attr)
 		return fuse.OK
 	}
@@ -63,6 +73,7 @@ func (fs *FS) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Attr
 	if !ok {
 		return fuse.ENOENT
 	}
+	out.SetTimeout(fs.ttl(a))
 	fs.fileAttr(a, &out.Attr)
 	return fuse.OK
 }

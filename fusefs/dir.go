@@ -20,9 +20,13 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	}
 	a, ok := fs.store.Lookup(name)
 	if !ok {
-		// NodeId 0 with a timeout is a cacheable "no such name".
+		// NodeId 0 with a timeout is a cacheable "no such name". Not for
+		// a name being created: its first commit makes it appear, and the
+		// notifier would tell the kernel only a moment later.
 		out.NodeId = 0
-		out.SetEntryTimeout(fs.opt.CacheTTL)
+		if !fs.store.Creating(name) {
+			out.SetEntryTimeout(fs.opt.CacheTTL)
+		}
 		return fuse.OK
 	}
 	fs.entryOut(a, out)

@@ -73,6 +73,29 @@
 // when its inode is gone (removed, renamed over, or replaced by the agent's
 // refresh or hiding).
 //
+// # New files
+//
+// Nor does the kernel say when a created file's descriptor closes, so a
+// refused write could not take the file with it. Instead a file made by
+// CREATE is pending (the store's "Files being created") until its first
+// complete token is committed: its creator writes, truncates and fstats it
+// through the descriptor, but LOOKUP answers ENOENT (not cached while the
+// name is being created), READDIR does not list it, and the CREATE reply
+// and its attributes have timeouts of 0, so nothing of it lingers in the
+// kernel. Its draft starts at CREATE. A refused write (not a token file,
+// too big) drops it at once and an abandoned one (a half token, touch)
+// after the draft timeout, each with a log line ending "nothing is left";
+// a file of the same name, and the hidden tokens the store remembers for
+// it, are untouched, so a failed `condor_token_fetch -token NAME` destroys
+// nothing. The first commit gives the name its new content as a rename
+// over it would. MKNOD of a regular file is refused (EPERM): such a file
+// could never be written.
+//
+// So a program that creates a file and then looks it up by path before
+// writing its token (stat, a second open) finds nothing: HTCondor's
+// writers, cp, shell redirections and touch use the descriptor they
+// created, and work.
+//
 // # Locking
 //
 // FS.mu guards the drafts and the handles from CREATE; the directory mtime

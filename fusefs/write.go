@@ -77,16 +77,31 @@ func (fs *FS) expire(ino uint64, name string, d *draft) {
 }
 
 // endDraftLocked drops the draft of a writer that is done, saying so if its
-// last state never became the file's content.
+// last state never became the file's content. A file made by CREATE that
+// never got a complete token goes with it.
 func (fs *FS) endDraftLocked(ino uint64, name string) {
 	d := fs.drafts[ino]
 	if d == nil {
 		return
 	}
-	if !d.committed {
+	switch {
+	case d.committed:
+	case fs.store.Abandon(ino):
+		fs.log.Warn("dropped an incomplete write to a new file: no complete token arrived; nothing is left", "name", name)
+	default:
 		fs.log.Warn("dropped an incomplete write: no complete token arrived; the file keeps its previous content", "name", name)
 	}
 	fs.dropDraftLocked(ino)
+}
+
+// abandonLocked drops a file made by CREATE that has never been committed,
+// with its draft: a refused write leaves nothing behind. A file that has
+// content keeps it, and its draft.
+func (fs *FS) abandonLocked(ino uint64, name string) {
+	if fs.store.Abandon(ino) {
+		fs.dropDraftLocked(ino)
+		fs.log.Warn("dropped a new file: its first write was refused; nothing is left", "name", name)
+	}
 }
 
 func (fs *FS) dropDraftLocked(ino uint64) {
@@ -103,10 +118,14 @@ func (fs *FS) dropDraftLocked(ino uint64) {
 func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	state, err := token.CheckDraft(d.bytes())
 	if state == token.DraftBad {
+		fs.dropDraftLocked(ino)
+		if fs.store.Abandon(ino) {
+			fs.log.Warn("refused a write to a new file: not a token file; nothing is left", "name", name, "reason", err.Error())
+			return fuse.EINVAL
+		}
 		// The writer's bytes went through the page cache that readers
 		// share; a new mtime lets a reader that took them in notice.
 		fs.store.Touch(ino)
-		fs.dropDraftLocked(ino)
 		fs.log.Warn("refused a write: not a token file; the file keeps its previous content", "name", name, "reason", err.Error())
 		return fuse.EINVAL
 	}
@@ -119,7 +138,11 @@ func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	}
 	if _, err = fs.store.Replace(ino, d.bytes(), fs.opt.Check); err != nil {
 		fs.dropDraftLocked(ino)
-		fs.log.Warn("refused a write", "name", name, "reason", err.Error())
+		if fs.store.Abandon(ino) {
+			fs.log.Warn("refused a write to a new file; nothing is left", "name", name, "reason", err.Error())
+		} else {
+			fs.log.Warn("refused a write", "name", name, "reason", err.Error())
+		}
 		return errno(err)
 	}
 	d.committed = true
@@ -151,10 +174,12 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 	end := off + int64(len(data))
 	if end > int64(fs.store.Limits().MaxFileSize) {
 		fs.log.Warn("refused a write: file too big", "name", name, "size", end)
+		fs.abandonLocked(in.NodeId, name)
 		return 0, fuse.Status(syscall.EFBIG)
 	}
 	if int(end) > d.n {
 		if err := d.resize(int(end)); err != nil {
+			fs.abandonLocked(in.NodeId, name)
 			return 0, fuse.Status(syscall.ENOMEM)
 		}
 	}
@@ -167,22 +192,29 @@ func (fs *FS) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uint
 
 // truncate is ftruncate/O_TRUNC: it changes the draft like a write.
 func (fs *FS) truncate(ino uint64, name string, size uint64) fuse.Status {
-	if size > uint64(fs.store.Limits().MaxFileSize) {
-		return fuse.Status(syscall.EFBIG)
-	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
+	if size > uint64(fs.store.Limits().MaxFileSize) {
+		fs.abandonLocked(ino, name)
+		return fuse.Status(syscall.EFBIG)
+	}
 	d, st := fs.draftLocked(ino, name)
 	if st != fuse.OK {
 		return st
 	}
 	if err := d.resize(int(size)); err != nil {
+		fs.abandonLocked(ino, name)
 		return fuse.Status(syscall.ENOMEM)
 	}
 	return fs.settleLocked(ino, name, d)
 }
 
-// Create makes a new, empty file (mode 0600 whatever was asked) and opens it.
+// Create makes a new, empty file (mode 0600 whatever was asked) and opens
+// it. The file is pending (store.Create): no one finds it by name until its
+// first complete token is committed, so a write that is refused or never
+// completes leaves nothing behind. Its entry and attributes are not cached
+// (entryOut), and its draft starts at once, so that the draft timeout drops
+// a file that is never written (touch).
 func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out *fuse.CreateOut) fuse.Status {
 	if !fs.allowed(&in.Caller) {
 		return fuse.EACCES
@@ -197,6 +229,11 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	}
 	fs.entryOut(a, &out.EntryOut)
 	fs.mu.Lock()
+	if _, st := fs.draftLocked(a.Ino, name); st != fuse.OK {
+		fs.store.Abandon(a.Ino)
+		fs.mu.Unlock()
+		return st
+	}
 	fs.created[a.Ino] = true
 	// Once the kernel has learned that OPEN is not implemented it no longer
 	// sends RELEASE for created files either. Handles go with their file
@@ -217,21 +254,19 @@ func (fs *FS) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, out
 	return fuse.OK
 }
 
-// Mknod makes an empty regular file; nothing else may live here.
+// Mknod is refused: a token file appears when a token is written to it
+// (Create), and a file made by mknod, with no descriptor to write it
+// through, could never get one.
 func (fs *FS) Mknod(cancel <-chan struct{}, in *fuse.MknodIn, name string, out *fuse.EntryOut) fuse.Status {
 	if !fs.allowed(&in.Caller) {
 		return fuse.EACCES
 	}
 	if in.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		fs.log.Warn("refused mknod: token files must be regular files", "name", name)
-		return fuse.EPERM
+	} else {
+		fs.log.Warn("refused mknod: a token file appears when a token is written to it (open with O_CREAT)", "name", name)
 	}
-	a, err := fs.store.Create(name)
-	if err != nil {
-		return errno(err)
-	}
-	fs.entryOut(a, out)
-	return fuse.OK
+	return fuse.EPERM
 }
 
 // Release ends a handle from Create: its writer is done. The kernel sends

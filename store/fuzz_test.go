@@ -482,7 +482,7 @@ func (h *harness) step(in *input) {
 			if err == nil {
 				h.newIno(what, a.Ino)
 				h.pending[a.Ino] = name
-				if !h.s.Pending(a.Ino) {
+				if !h.s.Pending(a.Ino) || !a.Pending {
 					t.Fatalf("%s: inode %d is not pending", what, a.Ino)
 				}
 			}
@@ -822,7 +822,7 @@ func (h *harness) check() {
 		if got, ok := h.s.Exists(ino); !ok || got != name || !h.s.Pending(ino) {
 			t.Fatalf("pending %q (inode %d): Exists %q %v, Pending %v", name, ino, got, ok, h.s.Pending(ino))
 		}
-		if got, a, ok := h.s.Stat(ino); !ok || got != name || a.Size != 0 {
+		if got, a, ok := h.s.Stat(ino); !ok || got != name || a.Size != 0 || !a.Pending {
 			t.Fatalf("Stat of pending %q (inode %d): %q %+v %v", name, ino, got, a, ok)
 		}
 		if h.visible(name) == nil {

@@ -10,11 +10,12 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
-// Attr describes a visible file.
+// Attr describes a file.
 type Attr struct {
-	Ino   uint64
-	Size  int
-	Mtime time.Time
+	Ino     uint64
+	Size    int
+	Mtime   time.Time
+	Pending bool // made by Create, not committed yet: no name can find it
 }
 
 // Lookup returns the attributes of a visible file.
@@ -26,6 +27,22 @@ func (s *Store) Lookup(name string) (Attr, bool) {
 		return Attr{}, false
 	}
 	return f.attr(), true
+}
+
+// Creating reports whether a pending file (made by Create, not committed
+// yet) has that name: a lookup that misses now may hit at its commit.
+func (s *Store) Creating(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending == 0 {
+		return false
+	}
+	for _, f := range s.byIno {
+		if f.pending && f.name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Stat returns the name and attributes of a visible or pending file by

@@ -212,7 +212,9 @@ func (f *file) anyShown() bool {
 	return false
 }
 
-func (f *file) attr() Attr { return Attr{Ino: f.ino, Size: len(f.bytes()), Mtime: f.mtime} }
+func (f *file) attr() Attr {
+	return Attr{Ino: f.ino, Size: len(f.bytes()), Mtime: f.mtime, Pending: f.pending}
+}
 
 // wipe zeroes the content; remembered lines must be forgotten first
 // (forgetAllLocked).
