@@ -175,7 +175,13 @@ func (s *Store) Infos() []Info {
 		for _, l := range f.lines {
 			out = append(out, Info{Name: f.name, ID: l.id, Token: *l.tok, Reason: l.reason, Hidden: !l.shown(), Remembered: !l.shown()})
 		}
-		out = append(out, f.hidden...)
+		for _, in := range f.hidden {
+			// A token zeroed by a commit that brought it again (a
+			// writer's second write) and kept since is listed once.
+			if !slices.ContainsFunc(f.lines, func(l tokenLine) bool { return !l.shown() && *l.tok == in.Token && l.reason == in.Reason }) {
+				out = append(out, in)
+			}
+		}
 	}
 	slices.SortStableFunc(out, func(a, b Info) int {
 		return cmp.Or(strings.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
