@@ -4,7 +4,6 @@ package main
 // age, no cannot_tell, 404 for anything new.
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,11 +69,7 @@ func TestOldVerifyd(t *testing.T) {
 	if got := e.hiddenReasons("stale"); !slices.Equal(got, []string{"rotated-key"}) {
 		t.Fatalf("the stale token hidden as %v, want rotated-key", got)
 	}
-	testenv.Eventually(t, freshWithin, "a fresh session token", func() bool {
-		e.running()
-		fresh := e.sessionToken()
-		return fresh != nil && !bytes.Equal(fresh, session)
-	})
+	e.waitFresh(session)
 	if got := e.shown()["flock"]; !slices.Equal(got, []string{string(flock)}) {
 		t.Fatalf("the other pool's token after the rotation: the tools read %q", got)
 	}

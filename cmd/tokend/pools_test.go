@@ -115,6 +115,30 @@ func (e *env) listed(name string) []api.Token {
 	return out
 }
 
+// waitFresh waits for a session token other than old and returns it.
+func (e *env) waitFresh(old []byte) []byte {
+	e.t.Helper()
+	var fresh []byte
+	testenv.Eventually(e.t, freshWithin, "a fresh session token", func() bool {
+		e.running()
+		fresh = e.sessionToken()
+		return fresh != nil && !bytes.Equal(fresh, old)
+	})
+	return fresh
+}
+
+// waitPass pokes the agent (a token written) and waits for the check pass
+// that follows.
+func (e *env) waitPass() {
+	e.t.Helper()
+	since := time.Now()
+	e.put("witness", e.sign("witness@test.example", time.Hour))
+	testenv.Eventually(e.t, goneWithin, "a check pass", func() bool {
+		st := e.mustStatus()
+		return st.Validation.LastCheck != nil && st.Validation.LastCheck.After(since)
+	})
+}
+
 // waitShown waits until the tools read exactly toks from file name.
 func (e *env) waitShown(name string, toks ...[]byte) {
 	e.t.Helper()
@@ -176,11 +200,7 @@ func TestOtherPoolSurvivesRotation(t *testing.T) {
 		testenv.Eventually(t, goneWithin, "this pool's stale tokens to leave the mount", func() bool {
 			return !e.showsToken(stale) && !e.showsToken(session)
 		})
-		testenv.Eventually(t, freshWithin, "a fresh session token", func() bool {
-			e.running()
-			fresh := e.sessionToken()
-			return fresh != nil && !bytes.Equal(fresh, session)
-		})
+		e.waitFresh(session)
 		if got := e.shown()["flock"]; !slices.Equal(got, []string{string(flock)}) {
 			t.Fatalf("the other pool's token after the rotation: the tools read %q", got)
 		}
@@ -233,12 +253,7 @@ func TestUnknownKeyShown(t *testing.T) {
 		fetches := func() int { return strings.Count(e.log.String(), `msg="token fetched" component=agent pool=default`) }
 		// The token fetched is unknown-key: it is kept, and it was this
 		// key generation's fetch.
-		since := time.Now()
-		e.put("witness", e.sign("w@test.example", time.Hour))
-		testenv.Eventually(t, goneWithin, "a check pass after the fetch", func() bool {
-			st := e.mustStatus()
-			return st.Validation.LastCheck != nil && st.Validation.LastCheck.After(since)
-		})
+		e.waitPass()
 		if n := fetches(); n != 1 {
 			t.Fatalf("%d fetches of the session token within one key generation, want 1:\n%s", n, e.log)
 		}
@@ -250,12 +265,7 @@ func TestUnknownKeyShown(t *testing.T) {
 		testenv.Eventually(t, freshWithin, "a fetch in the new key generation", func() bool {
 			return fetches() == 2
 		})
-		since = time.Now()
-		e.put("witness", e.sign("w2@test.example", time.Hour))
-		testenv.Eventually(t, goneWithin, "a check pass after the fetch", func() bool {
-			st := e.mustStatus()
-			return st.Validation.LastCheck != nil && st.Validation.LastCheck.After(since)
-		})
+		e.waitPass()
 		if n := fetches(); n != 2 {
 			t.Fatalf("%d fetches of the session token after one key change, want 2:\n%s", n, e.log)
 		}
@@ -294,12 +304,7 @@ func TestTwoPools(t *testing.T) {
 		// The default pool's rotation: its session token is refreshed,
 		// b's bytes stay.
 		e.writeKey(token.PoolKeyName)
-		testenv.Eventually(t, freshWithin, "a fresh default session token", func() bool {
-			e.running()
-			fresh := e.sessionToken()
-			return fresh != nil && !bytes.Equal(fresh, sessionA)
-		})
-		sessionA = e.sessionToken()
+		sessionA = e.waitFresh(sessionA)
 		if got := e.shown()[b.session()]; !slices.Equal(got, []string{string(sessionB)}) {
 			t.Fatalf("pool b's session token changed with the default pool's rotation")
 		}
