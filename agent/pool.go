@@ -62,12 +62,7 @@ func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChe
 
 // poolTable names a pool's table in messages: [fetch] for the default
 // pool, [pools.NAME.fetch] for another.
-func poolTable(pool, table string) string {
-	if pool == config.DefaultPool {
-		return "[" + table + "]"
-	}
-	return "[pools." + pool + "." + table + "]"
-}
+func poolTable(pool, table string) string { return "[" + configKey(pool, table) + "]" }
 
 // pool returns the pool named name, nil if there is none.
 func (a *Agent) pool(name string) *pool {
@@ -121,7 +116,7 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 		p.mismatch = ""
 		if td != "" && td != p.cfg.TrustDomain {
 			p.mismatch = fmt.Sprintf("verifyd (%s) speaks for the trust domain %q, not this pool's %q: it judges none of this pool's tokens; set %s to the pool's TRUST_DOMAIN, or point %s at the pool's verifyd",
-				p.verifyd.client.Socket(), td, p.cfg.TrustDomain, trustKey(name), validateKey(name, "verifyd"))
+				p.verifyd.client.Socket(), td, p.cfg.TrustDomain, configKey(name, "trust_domain"), configKey(name, "validate.verifyd"))
 			a.log.Warn("verifyd speaks for another trust domain than the configured one", "pool", name, "verifyd_trust_domain", td, "trust_domain", p.cfg.TrustDomain)
 		}
 		return false
@@ -129,7 +124,7 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 		// Another pool's: its tokens stay that pool's to judge.
 		other := a.configuredElsewhere(p, td)
 		p.mismatch = fmt.Sprintf("verifyd (%s) speaks for the trust domain %q, which is pool %s's: it judges none of its tokens; point %s at this pool's verifyd, or set %s",
-			p.verifyd.client.Socket(), td, other, validateKey(name, "verifyd"), trustKey(name))
+			p.verifyd.client.Socket(), td, other, configKey(name, "validate.verifyd"), configKey(name, "trust_domain"))
 		a.log.Warn("verifyd speaks for another pool's trust domain", "pool", name, "verifyd_trust_domain", td, "other_pool", other)
 		return false
 	case td != "" && (td != cur || from != api.TrustFromVerifyd):
@@ -159,20 +154,13 @@ func (a *Agent) configuredElsewhere(p *pool, td string) string {
 	return ""
 }
 
-// trustKey is the config key of a pool's trust domain.
-func trustKey(pool string) string {
+// configKey is the dotted config key of a pool's setting key: as written
+// at the top level for the default pool, inside [pools.NAME] for another.
+func configKey(pool, key string) string {
 	if pool == config.DefaultPool {
-		return "trust_domain"
+		return key
 	}
-	return "pools." + pool + ".trust_domain"
-}
-
-// validateKey is the config key of a pool's validate setting.
-func validateKey(pool, key string) string {
-	if pool == config.DefaultPool {
-		return "validate." + key
-	}
-	return "pools." + pool + ".validate." + key
+	return "pools." + pool + "." + key
 }
 
 // lastError is what `tokend status` shows as the pool's last error.
