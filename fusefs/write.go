@@ -118,14 +118,15 @@ func (fs *FS) dropDraftLocked(ino uint64) {
 func (fs *FS) settleLocked(ino uint64, name string, d *draft) fuse.Status {
 	state, err := token.CheckDraft(d.bytes())
 	if state == token.DraftBad {
-		fs.dropDraftLocked(ino)
 		if fs.store.Abandon(ino) {
+			fs.dropDraftLocked(ino)
 			fs.log.Warn("refused a write to a new file: not a token file; nothing is left", "name", name, "reason", err.Error())
 			return fuse.EINVAL
 		}
 		// The writer's bytes went through the page cache that readers
 		// share; a new mtime lets a reader that took them in notice.
 		fs.store.Touch(ino)
+		fs.dropDraftLocked(ino)
 		fs.log.Warn("refused a write: not a token file; the file keeps its previous content", "name", name, "reason", err.Error())
 		return fuse.EINVAL
 	}

@@ -175,11 +175,11 @@ func (s *Store) Infos() []Info {
 		for _, l := range f.lines {
 			out = append(out, Info{Name: f.name, ID: l.id, Token: *l.tok, Reason: l.reason, Hidden: !l.shown(), Remembered: !l.shown()})
 		}
-		for _, in := range f.hidden {
-			// A token zeroed by a commit that brought it again (a
-			// writer's second write) and kept since is listed once.
-			if !slices.ContainsFunc(f.lines, func(l tokenLine) bool { return !l.shown() && *l.tok == in.Token && l.reason == in.Reason }) {
-				out = append(out, in)
+		for _, h := range f.hidden {
+			// Once per token and reason: a writer's second write (the
+			// newline after the token) brings a remembered token again.
+			if !slices.ContainsFunc(f.lines, func(l tokenLine) bool { return !l.shown() && *l.tok == h.Token && l.reason == h.Reason }) {
+				out = append(out, h)
 			}
 		}
 	}

@@ -530,3 +530,26 @@ func TestPendingFiles(t *testing.T) {
 		t.Fatal("the pending file survived a wipe")
 	}
 }
+
+// A writer commits a token, then the newline after it: a not-yet-valid
+// token is zeroed and remembered again, and listed once.
+func TestWriterSecondWriteListedOnce(t *testing.T) {
+	checkLeaks(t)
+	s := New(Limits{})
+	defer s.Close()
+	soon := tok(t, "soon@x", time.Hour)
+	check := func(*token.Token) token.Reason { return token.NotYetValid }
+	c, _ := s.Create("f")
+	for _, content := range [][]byte{soon, lines(soon)} {
+		if _, err := s.Replace(c.Ino, content, check); err != nil {
+			t.Fatal(err)
+		}
+	}
+	infos := s.Infos()
+	if len(infos) != 1 || !infos[0].Remembered || infos[0].Reason != token.NotYetValid {
+		t.Fatalf("infos %+v, want the token once, remembered", infos)
+	}
+	if !s.Restore(infos[0].ID) || content(t, s, "f") != string(soon)+"\n" {
+		t.Fatal("restore of the second write's token")
+	}
+}
