@@ -1,7 +1,16 @@
 // Package agent is the per-user agent: it mounts the token directory, keeps
-// the tokens in it valid (validation, hiding, refresh), and serves the
+// the tokens in it usable (validation, hiding, refresh), and serves the
 // control API that the CLI talks to. At the end of the session it zeroes
 // every token, unmounts, and removes its socket.
+//
+// It holds a session token for each pool (pool.go): the default pool of the
+// top-level keys and every [pools.NAME] table. Each token is judged only by
+// the checks of the pool its iss belongs to (validate.Router), and hidden
+// only on a verdict that breaks HTCondor's tools. A token hidden for a
+// reason a key change or time can undo (rotated-key, not-yet-valid) is kept
+// in locked memory by the store and judged again at each key change of its
+// pool (keeper.go, recheckRemembered): it comes back when it verifies, and
+// is zeroed after two key changes in which it did not.
 package agent
 
 import (
@@ -13,14 +22,17 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/agent/fetch"
 	"github.com/tokend/tokend/agent/validate"
+	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
+	"github.com/tokend/tokend/internal/condor"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
@@ -34,7 +46,8 @@ type Options struct {
 	// Ready is called once the mount is up and the socket listens
 	// (the agent sends systemd READY=1 there).
 	Ready func()
-	// Fetcher and Keys replace what the config would build (tests, demo).
+	// Fetcher and Keys replace what the config would build for the
+	// default pool (tests, demo).
 	Fetcher fetch.Fetcher
 	Keys    []validate.KeyChecker
 }
@@ -48,19 +61,20 @@ type Agent struct {
 	socket  string
 	started time.Time
 
-	store   *store.Store
-	fs      *fusefs.FS
-	fetcher fetch.Fetcher
-	checker *validate.Checker
-	verifyd *verifydWatch // nil when not configured
+	store  *store.Store
+	fs     *fusefs.FS
+	pools  []*pool // the default pool first
+	router *validate.Router
+	// condorTD is HTCondor's TRUST_DOMAIN, read once at start when the
+	// default pool's is not configured.
+	condorTD string
 
-	changed chan struct{} // capacity 1: tokens changed, re-check
-	rotated chan struct{} // capacity 1: a signing key changed
+	changed chan struct{} // capacity 1: tokens or keys changed, re-check
+	recheck atomic.Bool   // re-check remembered tokens at the next pass
 	logout  chan struct{} // closed to end the agent
 	once    sync.Once     // closes logout
 
-	mu       sync.Mutex // guards the fields below
-	session  sessionState
+	mu       sync.Mutex // guards the fields below and each pool's
 	lastPass time.Time
 	sessions *sessionCounter
 }
@@ -75,6 +89,9 @@ func Run(ctx context.Context, o Options) error {
 	return a.run(ctx, o.Ready)
 }
 
+// condorTrustDomain reads HTCondor's TRUST_DOMAIN (a variable for tests).
+var condorTrustDomain = condor.TrustDomain
+
 func newAgent(o Options) (*Agent, error) {
 	cfg := o.Config
 	log := o.Logger
@@ -87,9 +104,7 @@ func newAgent(o Options) (*Agent, error) {
 		version: o.Version,
 		started: time.Now(),
 		changed: make(chan struct{}, 1),
-		rotated: make(chan struct{}, 1),
 		logout:  make(chan struct{}),
-		fetcher: o.Fetcher,
 	}
 	a.sessions = newSessionCounter(a.endSessions)
 	a.sessions.grace = cfg.Session.Grace.Std()
@@ -98,20 +113,36 @@ func newAgent(o Options) (*Agent, error) {
 		return nil, err
 	}
 	a.socket = cfg.AgentSocket()
-	if a.fetcher == nil {
-		if a.fetcher, err = fetch.New(fetchOptions(cfg)); err != nil {
-			return nil, fmt.Errorf("config [fetch]: %w", err)
+	var checkers []*validate.Checker
+	var tds []string
+	for i, pc := range cfg.PoolList() {
+		var fetcher fetch.Fetcher
+		var keys []validate.KeyChecker
+		if i == 0 {
+			fetcher, keys = o.Fetcher, o.Keys
 		}
+		p, err := newPool(pc, fetcher, keys, a.log)
+		if err != nil {
+			return nil, err
+		}
+		a.pools = append(a.pools, p)
+		checkers = append(checkers, p.checker)
+		tds = append(tds, pc.TrustDomain)
 	}
-	keys := o.Keys
-	if keys == nil {
-		keys, a.verifyd = keyCheckers(cfg, a.log)
-	}
-	a.checker = &validate.Checker{
+	a.router = validate.NewRouter(checkers, tds, &validate.Checker{
 		Margin:       cfg.Validate.ExpMargin.Std(),
 		TrustDomains: cfg.Validate.TrustDomains,
-		Keys:         keys,
-		Log:          a.log,
+	})
+	if def := a.pools[0]; def.cfg.TrustDomain == "" {
+		// Else what verifyd reports, which wins when it comes.
+		a.condorTD = condorTrustDomain()
+		if other := a.configuredElsewhere(def, a.condorTD); other != "" {
+			a.log.Warn("HTCondor's TRUST_DOMAIN is another pool's; the default pool's stays unknown (set trust_domain)", "trust_domain", a.condorTD, "other_pool", other)
+			a.condorTD = ""
+		}
+		if a.condorTD != "" {
+			a.router.SetTrustDomain(def.cfg.Name, a.condorTD, api.TrustFromCondor)
+		}
 	}
 	a.store = store.New(store.Limits{
 		MaxFiles:    cfg.Limits.MaxFiles,
@@ -119,7 +150,8 @@ func newAgent(o Options) (*Agent, error) {
 		MaxNameLen:  cfg.Limits.MaxNameLen,
 	})
 	a.store.OnChange(func(store.Change) { poke(a.changed) })
-	a.session.name = cfg.SessionToken
+	// Short of locked memory, live tokens come before remembered ones.
+	secmem.SetReclaim(a.store.ReclaimOne)
 	return a, nil
 }
 
@@ -151,7 +183,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		GID:       uint32(os.Getgid()),
 		AllowRoot: a.cfg.AllowRoot,
 		Audit:     a.cfg.Audit,
-		Check:     a.checker.Quick,
+		Check:     a.router.Quick,
 		Logger:    a.log,
 	})
 	if err != nil {
@@ -185,11 +217,21 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { a.keep(ctx) })
-	if a.verifyd != nil {
-		wg.Go(func() { a.verifyd.follow(ctx, a.onRotation) })
-	}
-	if a.cfg.Validate.KeyDir != "" {
-		wg.Go(func() { watchKeys(ctx, a.log, a.cfg.Validate.KeyDir, a.cfg.Validate.PoolKey, a.onRotation) })
+	for _, p := range a.pools {
+		if p.verifyd != nil {
+			wg.Go(func() {
+				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
+					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
+						a.recheck.Store(true) // kept tokens too: their pool may have changed
+					}
+					a.onRotation(p, ev == verifydRotated, ev == verifydRotated || ev == verifydBack)
+				})
+			})
+		}
+		if p.keys != nil {
+			log := a.log.With("pool", p.cfg.Name)
+			wg.Go(func() { watchKeys(ctx, log, p.cfg.Validate, p.keys, func() { a.onRotation(p, true, true) }) })
+		}
 	}
 	wg.Go(func() { a.sessions.watch(ctx) })
 
@@ -209,16 +251,32 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	}
 	cancel()
 	wg.Wait()
+	for _, p := range a.pools {
+		if p.keys != nil {
+			p.keys.Close()
+		}
+	}
 	return gone
 }
 
 // Logout ends the agent: wipe, unmount, exit.
 func (a *Agent) Logout() { a.once.Do(func() { close(a.logout) }) }
 
-// onRotation re-checks every token now and refetches the session token
-// (after a jitter) if it went stale.
-func (a *Agent) onRotation() {
-	poke(a.rotated)
+// onRotation re-checks every token now. rotated: the pool's keys really
+// changed, a new epoch, in which a kept token that still does not verify
+// counts a miss (and kept tokens are checked again). jitter: the change
+// reached every agent on the host at once (a rotation, verifyd back after
+// a restart), so a session token it made stale is fetched again after a
+// random delay.
+func (a *Agent) onRotation(p *pool, rotated, jitter bool) {
+	if jitter {
+		a.mu.Lock()
+		p.session.rotatedAt = time.Now()
+		a.mu.Unlock()
+	}
+	if rotated {
+		p.epoch.Add(1)
+	}
 	poke(a.changed)
 }
 

@@ -13,9 +13,8 @@ import (
 	"github.com/tokend/tokend/token"
 )
 
-// fetchOptions translates the config's [fetch] table.
-func fetchOptions(cfg config.Config) fetch.Options {
-	f := cfg.Fetch
+// fetchOptions translates a pool's [fetch] table.
+func fetchOptions(f config.Fetch) fetch.Options {
 	o := fetch.Options{
 		Method:   f.Method,
 		Command:  f.Command,
@@ -37,11 +36,13 @@ func fetchOptions(cfg config.Config) fetch.Options {
 	return o
 }
 
-// fetchInto fetches a token, checks it as a shown token would be checked,
-// and stores it under name (replacing what was there only on success).
-func (a *Agent) fetchInto(ctx context.Context, name string, req fetch.Request, progress func(fetch.Progress)) (*token.Token, error) {
+// fetchInto fetches a token of pool p, checks it as a shown token would be
+// checked, and stores it under name (replacing what was there only on
+// success). A token whose iss is not the pool's is refused and reported
+// (the pool's last error), never stored.
+func (a *Agent) fetchInto(ctx context.Context, p *pool, name string, req fetch.Request, progress func(fetch.Progress)) (*token.Token, error) {
 	started := time.Now()
-	buf, err := a.fetcher.Fetch(ctx, req, progress)
+	buf, err := p.fetcher.Fetch(ctx, req, progress)
 	if err != nil {
 		return nil, err
 	}
@@ -50,9 +51,17 @@ func (a *Agent) fetchInto(ctx context.Context, name string, req fetch.Request, p
 	if err != nil {
 		return nil, fmt.Errorf("the fetched token is malformed: %w", err)
 	}
-	// A token that is stale already would only break the tools.
-	if r, by := a.checker.Check(ctx, buf.Bytes(), t); r != token.Valid {
-		return nil, fmt.Errorf("the fetched token is not usable: %s (by the %s check): is the pool's signing key in sync?", r, by)
+	if err := a.checkIssuer(p, t); err != nil {
+		a.mu.Lock()
+		p.refused = err.Error()
+		a.mu.Unlock()
+		a.log.Error("refused a fetched token of another pool", "pool", p.cfg.Name, "name", name, "token", t)
+		return nil, err
+	}
+	// A token that breaks the tools already would only be hidden.
+	v := p.checker.Check(ctx, buf.Bytes(), t)
+	if v.Reason.Hides() {
+		return nil, fmt.Errorf("the fetched token is not usable: %s (by the %s check): is the pool's signing key in sync?", v.Reason, v.By)
 	}
 	content, err := secmem.New(buf.Len() + 1)
 	if err != nil {
@@ -61,9 +70,17 @@ func (a *Agent) fetchInto(ctx context.Context, name string, req fetch.Request, p
 	defer content.Wipe()
 	secmem.Copy(content.Bytes(), buf.Bytes())
 	content.Bytes()[buf.Len()] = '\n'
-	if _, err := a.store.Put(name, content.Bytes(), a.checker.Quick); err != nil {
+	a.mu.Lock()
+	p.refused = ""
+	if v.Reason == token.UnknownKey && name == p.session.name {
+		// Fetched again already in this key generation: the next
+		// refetch waits for a key change.
+		p.session.unknownKeyAt = p.epoch.Load() + 1
+	}
+	a.mu.Unlock()
+	if _, err := a.store.Put(name, content.Bytes(), a.router.Quick); err != nil {
 		return nil, fmt.Errorf("could not store the fetched token as %s: %w", name, err)
 	}
-	a.log.Info("token fetched", "name", name, "token", t, "took", time.Since(started).Round(time.Millisecond))
+	a.log.Info("token fetched", "pool", p.cfg.Name, "name", name, "token", t, "took", time.Since(started).Round(time.Millisecond))
 	return t, nil
 }

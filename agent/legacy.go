@@ -98,8 +98,10 @@ func (a *Agent) importFile(name, path string) error {
 	case st.Mode&0o077 != 0:
 		return fmt.Errorf("readable by others (mode %o): HTCondor would refuse it too; chmod 600 it and restart the agent to import it", st.Mode&0o777)
 	}
+	// Sized by the file, not by the limit: locked memory is scarce (a
+	// 64 KiB RLIMIT_MEMLOCK holds every token of the session).
 	max := a.store.Limits().MaxFileSize
-	buf, err := secmem.New(max + 1)
+	buf, err := secmem.New(int(min(st.Size, int64(max))) + 1)
 	if err != nil {
 		return err
 	}
@@ -108,8 +110,11 @@ func (a *Agent) importFile(name, path string) error {
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return err
 	}
-	if n > max {
+	switch {
+	case n > max:
 		return fmt.Errorf("larger than %d bytes", max)
+	case int64(n) > st.Size:
+		return fmt.Errorf("it grew while being read: restart the agent to import it")
 	}
 	content := buf.Bytes()[:n]
 	// HTCondor stops reading at the first NUL.
@@ -119,6 +124,6 @@ func (a *Agent) importFile(name, path string) error {
 			break
 		}
 	}
-	_, err = a.store.Put(name, content, a.checker.Quick)
+	_, err = a.store.Put(name, content, a.router.Quick)
 	return err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/tokend/tokend/agent/validate"
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/localapi"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
 )
 
@@ -94,41 +95,66 @@ func (a *Agent) openMode() string {
 	return api.OpenModeKernel
 }
 
-// Status reports the agent's state.
+// Status reports the agent's state: each pool's, the default pool's also
+// at the top (for scripts of earlier releases).
 func (a *Agent) Status() api.Status {
+	mem := secmem.ReadStats()
 	st := api.Status{
-		Version:      a.version,
-		PID:          os.Getpid(),
-		Dir:          a.dir,
-		Mounted:      a.mounted(),
-		Socket:       a.socket,
-		Started:      a.started,
-		Sessions:     a.sessions.Count(),
-		MemoryLocked: MemoryLocked(),
-		OpenMode:     a.openMode(),
+		Version:           a.version,
+		PID:               os.Getpid(),
+		Dir:               a.dir,
+		Mounted:           a.mounted(),
+		Socket:            a.socket,
+		Started:           a.started,
+		Sessions:          a.sessions.Count(),
+		MemoryLocked:      MemoryLocked(),
+		OpenMode:          a.openMode(),
+		MemoryLockedBytes: mem.Locked,
+		MemoryLockLimit:   max(mem.Limit, 0), // unlimited: no limit to show
 	}
 	for _, in := range a.store.Infos() {
-		if in.Hidden {
-			st.Hidden++
-		} else {
+		switch {
+		case !in.Hidden:
 			st.Tokens++
+		case in.Remembered:
+			st.Remembered++
+			st.Hidden++
+		default:
+			st.Hidden++
 		}
 	}
-	st.Validation.KeyCheck = keyCheckNames(a.checker.Keys)
-	st.Validation.Verifyd = a.cfg.Validate.Verifyd
-	if a.verifyd != nil {
-		st.Validation.VerifydUp, st.Validation.Generation = a.verifyd.state()
+	for _, p := range a.pools {
+		st.Pools = append(st.Pools, a.poolStatus(p))
+	}
+	st.Session, st.Validation = st.Pools[0].Session, st.Pools[0].Validation
+	return st
+}
+
+// poolStatus reports one pool's state.
+func (a *Agent) poolStatus(p *pool) api.PoolStatus {
+	ps := api.PoolStatus{
+		Name:        p.cfg.Name,
+		ClaimsOther: a.router.ClaimsOther(p.cfg.Name),
+		TokenMaxAge: p.maxAge.Load() / int64(time.Second),
+	}
+	ps.TrustDomain, ps.TrustFrom = a.router.TrustDomain(p.cfg.Name)
+	ps.Validation.KeyCheck = keyCheckNames(p.checker.Keys)
+	ps.Validation.Verifyd = p.cfg.Validate.Verifyd
+	if p.verifyd != nil {
+		var vs verifydState
+		ps.Validation.VerifydUp, vs = p.verifyd.state()
+		ps.Validation.Generation = vs.Generation
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.lastPass.IsZero() {
 		t := a.lastPass
-		st.Validation.LastCheck = &t
+		ps.Validation.LastCheck = &t
 	}
-	s := a.session
-	st.Session = api.Session{
+	s := p.session
+	ps.Session = api.Session{
 		Name:      s.name,
-		Method:    a.cfg.Fetch.Method,
+		Method:    p.cfg.Fetch.Method,
 		State:     s.state,
 		Failures:  s.failures,
 		LastError: s.lastErr,
@@ -136,17 +162,18 @@ func (a *Agent) Status() api.Status {
 	}
 	if s.exp != 0 {
 		exp := s.exp
-		st.Session.Exp = &exp
+		ps.Session.Exp = &exp
 	}
 	if !s.next.IsZero() {
 		next := s.next
-		st.Session.NextRefresh = &next
+		ps.Session.NextRefresh = &next
 	}
 	if !s.lastFetch.IsZero() {
 		t := s.lastFetch
-		st.Session.LastFetch = &t
+		ps.Session.LastFetch = &t
 	}
-	return st
+	ps.LastError = p.lastError()
+	return ps
 }
 
 func (a *Agent) handleTokens(w http.ResponseWriter, r *http.Request) {
@@ -156,21 +183,26 @@ func (a *Agent) handleTokens(w http.ResponseWriter, r *http.Request) {
 		if in.Hidden && !all {
 			continue
 		}
-		out = append(out, apiToken(in))
+		out = append(out, a.apiToken(in))
 	}
 	writeJSON(w, out)
 }
 
-func apiToken(in store.Info) api.Token {
+// apiToken describes a token, with the pool its iss belongs to.
+func (a *Agent) apiToken(in store.Info) api.Token {
 	t := api.Token{
-		Name:   in.Name,
-		Sub:    in.Token.Sub,
-		Iss:    in.Token.Iss,
-		Kid:    in.Token.Kid,
-		Iat:    in.Token.Iat,
-		Scope:  in.Token.Scope,
-		State:  api.StateValid,
-		Reason: string(in.Reason),
+		Name:       in.Name,
+		Sub:        in.Token.Sub,
+		Iss:        in.Token.Iss,
+		Kid:        in.Token.Kid,
+		Iat:        in.Token.Iat,
+		Scope:      in.Token.Scope,
+		State:      api.StateValid,
+		Reason:     string(in.Reason),
+		Remembered: in.Remembered,
+	}
+	if c := a.router.PoolOf(in.Token.Iss); c != nil {
+		t.Pool = c.Pool
 	}
 	if in.Token.Exp != 0 {
 		exp := in.Token.Exp
@@ -224,8 +256,10 @@ func (a *Agent) releaseMemory() {
 	if a.fs != nil {
 		a.fs.DropDrafts()
 	}
-	if a.verifyd != nil {
-		a.verifyd.client.Close()
+	for _, p := range a.pools {
+		if p.verifyd != nil {
+			p.verifyd.client.Close()
+		}
 	}
 	runtime.GC()
 	runtime.GC()
@@ -268,9 +302,16 @@ func (a *Agent) handleFetch(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	p := a.pools[0]
+	if req.Pool != "" {
+		if p = a.pool(req.Pool); p == nil {
+			writeError(w, api.Errorf(api.CodeBadRequest, "no pool named %q (pools: %s)", req.Pool, a.poolNames()))
+			return
+		}
+	}
 	name := req.Name
 	if name == "" {
-		name = a.session.name
+		name = p.session.name
 	}
 	if err := a.store.CheckName(name); err != nil {
 		writeError(w, api.Errorf(api.CodeBadRequest, "token name %q: %v", name, err))
@@ -295,7 +336,7 @@ func (a *Agent) handleFetch(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
-	t, err := a.fetchInto(r.Context(), name, fr, func(p fetch.Progress) {
+	t, err := a.fetchInto(r.Context(), p, name, fr, func(p fetch.Progress) {
 		send(api.FetchEvent{Progress: &api.Progress{Started: p.Started, RequestID: p.RequestID, Message: p.Message}})
 	})
 	if err != nil {
@@ -303,7 +344,7 @@ func (a *Agent) handleFetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	poke(a.changed)
-	tok := apiToken(store.Info{Name: name, Token: *t})
+	tok := a.apiToken(store.Info{Name: name, Token: *t})
 	send(api.FetchEvent{Token: &tok})
 }
 

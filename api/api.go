@@ -24,21 +24,30 @@ const MaxRequestBody = 16 << 10
 // It never carries the token itself.
 type Token struct {
 	Name   string `json:"name"`
+	Pool   string `json:"pool"` // the pool its iss belongs to; "" = no configured pool
 	Sub    string `json:"sub"`
 	Iss    string `json:"iss"`
 	Kid    string `json:"kid"`
 	Iat    int64  `json:"iat"`
 	Exp    *int64 `json:"exp"` // null: no expiry
 	Scope  string `json:"scope"`
-	State  string `json:"state"`  // "valid" | "hidden"
-	Reason string `json:"reason"` // "" | expired | rotated-key | unknown-key | revoked | malformed | untrusted-issuer
+	State  string `json:"state"`  // "valid" (shown) | "hidden"
+	Reason string `json:"reason"` // "" | unknown-key (both shown) | expired | rotated-key | not-yet-valid | revoked | malformed | untrusted-issuer
+	// Remembered: hidden, its bytes kept in locked memory, and it comes
+	// back (same name, same bytes) when it verifies again.
+	Remembered bool `json:"remembered,omitempty"`
 }
 
-// Token states.
+// Token states. StateValid means "shown": a shown token's Reason is "" or
+// ReasonUnknownKey (no key of its kid here; the tools skip it where the key
+// is unknown and may use it where it is known).
 const (
 	StateValid  = "valid"
 	StateHidden = "hidden"
 )
+
+// ReasonUnknownKey is the one Reason of a shown token.
+const ReasonUnknownKey = "unknown-key"
 
 // Status is the shape of `tokend status --json`.
 type Status struct {
@@ -55,7 +64,37 @@ type Status struct {
 	Sessions     int        `json:"sessions"` // open login sessions (PAM); 0 when not counted
 	MemoryLocked bool       `json:"memory_locked"`
 	OpenMode     string     `json:"open_mode"` // kernel-no-open | open-handles; "" when not mounted
+
+	// Session and Validation above are the default pool's, kept for
+	// scripts; Pools has every pool, the default first. An agent of an
+	// earlier release sends no pools (nil).
+	Pools             []PoolStatus `json:"pools"`
+	Remembered        int          `json:"remembered"`          // hidden tokens kept in locked memory
+	MemoryLockedBytes int64        `json:"memory_locked_bytes"` // locked memory in use
+	MemoryLockLimit   int64        `json:"memory_lock_limit"`   // RLIMIT_MEMLOCK; 0 = unknown
 }
+
+// PoolStatus is one pool: `tokend status` shows each.
+type PoolStatus struct {
+	Name        string `json:"name"`              // "default" for the top-level pool
+	TrustDomain string `json:"trust_domain"`      // "" = unknown
+	TrustFrom   string `json:"trust_domain_from"` // TrustFromConfig | TrustFromVerifyd | TrustFromCondor | "" (unknown)
+	// ClaimsOther: the trust domain is unknown, so this pool judges every
+	// token whose iss no other pool claims.
+	ClaimsOther bool       `json:"claims_other_issuers"`
+	TokenMaxAge int64      `json:"token_max_age,omitempty"` // seconds: SEC_TOKEN_MAX_AGE as verifyd reports it; 0 = none
+	Session     Session    `json:"session"`
+	Validation  Validation `json:"validation"`
+	LastError   string     `json:"last_error,omitempty"` // a refused fetched token, a trust-domain mismatch
+}
+
+// Where a pool's trust domain came from (PoolStatus.TrustFrom).
+const (
+	TrustFromConfig  = "config"            // trust_domain or pools.NAME.trust_domain
+	TrustFromVerifyd = "verifyd"           // reported by the pool's verifyd
+	TrustFromCondor  = "condor_config_val" // HTCondor's TRUST_DOMAIN
+	TrustFromUnknown = ""
+)
 
 // Open modes: how files and the directory are opened on the mount.
 const (
@@ -101,7 +140,8 @@ type Validation struct {
 
 // FetchRequest asks for a token now.
 type FetchRequest struct {
-	Name     string   `json:"name,omitempty"`     // default: the session token's name
+	Pool     string   `json:"pool,omitempty"`     // "" = the default pool
+	Name     string   `json:"name,omitempty"`     // default: the pool's session token's name
 	Lifetime string   `json:"lifetime,omitempty"` // Go duration; "" = configured
 	Authz    []string `json:"authz,omitempty"`
 }

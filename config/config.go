@@ -23,6 +23,7 @@ type Config struct {
 	Dir          string `toml:"dir"`           // token directory; "" = SEC_TOKEN_DIRECTORY or <pw_dir>/.condor/tokens.d
 	Socket       string `toml:"socket"`        // control socket; "" = $XDG_RUNTIME_DIR/tokend/agent.sock
 	SessionToken string `toml:"session_token"` // file name of the token fetched for the session
+	TrustDomain  string `toml:"trust_domain"`  // the default pool's iss; "" = what verifyd reports, else HTCondor's TRUST_DOMAIN
 	Legacy       string `toml:"legacy"`        // import | move | ignore
 	AllowRoot    bool   `toml:"allow_root"`    // opt-in FUSE allow_root for HTCondor per-user flocking
 	Audit        bool   `toml:"audit"`         // log which process opened which token
@@ -31,6 +32,10 @@ type Config struct {
 	Validate Validate `toml:"validate"`
 	Session  Session  `toml:"session"`
 	Limits   Limits   `toml:"limits"`
+
+	// Pools are the other pools, by name; the top-level keys are the
+	// default pool (DefaultPool). See PoolList.
+	Pools map[string]Pool `toml:"pools,omitempty"`
 }
 
 // Fetch configures how a token is obtained.
@@ -40,6 +45,7 @@ type Fetch struct {
 	Lifetime Duration `toml:"lifetime"` // 0 = let the pool decide
 	Authz    []string `toml:"authz"`    // -authz values
 	Timeout  Duration `toml:"timeout"`  // per fetch; > 0
+	Wait     Duration `toml:"wait"`     // a tool's first look after a rotation waits this long for the fresh token
 	Pool     string   `toml:"pool"`     // -pool, when set
 	Name     string   `toml:"name"`     // -name, when set
 	Type     string   `toml:"type"`     // -type, when set
@@ -96,6 +102,12 @@ const (
 	DefaultVerifyd = "/run/tokend/verify.sock"
 	// DefaultFetchTimeout bounds one fetch (fetch.timeout).
 	DefaultFetchTimeout = 60 * time.Second
+	// DefaultFetchWait is fetch.wait: how long a tool's first look at the
+	// directory after a rotation waits for the fresh session token.
+	DefaultFetchWait = 2 * time.Second
+	// MaxFetchWait bounds fetch.wait: a tool blocked in a lookup longer
+	// than this looks hung.
+	MaxFetchWait = time.Minute
 	// The programs fetch.command = [] stands for, by method.
 	DefaultFetchCommand   = "condor_token_fetch"   // exec
 	DefaultRequestCommand = "condor_token_request" // request
@@ -115,6 +127,7 @@ func Default() Config {
 			Lifetime: 0,
 			Authz:    []string{},
 			Timeout:  Duration(DefaultFetchTimeout),
+			Wait:     Duration(DefaultFetchWait),
 			Local: Local{
 				Key: token.PoolKeyName,
 			},
@@ -199,27 +212,12 @@ func (c *Config) check() []*KeyError {
 
 	// [fetch]
 	f := &c.Fetch
-	switch f.Method {
-	case MethodExec, MethodRequest, MethodLocal:
-	default:
-		bad("fetch.method", quote(f.Method), "want exec, request or local")
-	}
+	checkMethod(bad, "fetch.method", f.Method)
 	checkCommand(bad, "fetch.command", f.Command)
-	switch {
-	case f.Lifetime < 0:
-		bad("fetch.lifetime", quote(f.Lifetime.String()), `want zero ("let the pool decide") or more`)
-	case f.Lifetime.Std()%time.Second != 0:
-		bad("fetch.lifetime", quote(f.Lifetime.String()), "want whole seconds (condor_token_fetch -lifetime counts seconds)")
-	}
-	for _, a := range f.Authz {
-		if a == "" || strings.IndexFunc(a, isSpaceOrControl) >= 0 {
-			bad("fetch.authz", quoteList(f.Authz), `want authorization levels such as "READ" (no empty entries, no spaces)`)
-			break
-		}
-	}
-	if f.Timeout <= 0 {
-		bad("fetch.timeout", quote(f.Timeout.String()), `want a positive duration, like "60s"`)
-	}
+	checkLifetime(bad, "fetch.lifetime", f.Lifetime)
+	checkAuthz(bad, "fetch.authz", f.Authz)
+	checkTimeout(bad, "fetch.timeout", f.Timeout)
+	checkWait(bad, "fetch.wait", f.Wait)
 	checkArg(bad, "fetch.pool", f.Pool)
 	checkArg(bad, "fetch.name", f.Name)
 	checkArg(bad, "fetch.type", f.Type)
@@ -261,7 +259,48 @@ func (c *Config) check() []*KeyError {
 	checkRange(bad, "limits.max_files", c.Limits.MaxFiles, MaxMaxFiles, "")
 	checkRange(bad, "limits.max_file_size", c.Limits.MaxFileSize, MaxMaxFileSize, " bytes (1 MiB)")
 	checkRange(bad, "limits.max_name_len", c.Limits.MaxNameLen, MaxMaxNameLen, " bytes")
+
+	// trust_domain and [pools.NAME]
+	c.checkPools(bad)
 	return errs
+}
+
+func checkMethod(bad reporter, key, m string) {
+	switch m {
+	case MethodExec, MethodRequest, MethodLocal:
+	default:
+		bad(key, quote(m), "want exec, request or local")
+	}
+}
+
+func checkLifetime(bad reporter, key string, d Duration) {
+	switch {
+	case d < 0:
+		bad(key, quote(d.String()), `want zero ("let the pool decide") or more`)
+	case d.Std()%time.Second != 0:
+		bad(key, quote(d.String()), "want whole seconds (condor_token_fetch -lifetime counts seconds)")
+	}
+}
+
+func checkAuthz(bad reporter, key string, authz []string) {
+	for _, a := range authz {
+		if a == "" || strings.IndexFunc(a, isSpaceOrControl) >= 0 {
+			bad(key, quoteList(authz), `want authorization levels such as "READ" (no empty entries, no spaces)`)
+			return
+		}
+	}
+}
+
+func checkTimeout(bad reporter, key string, d Duration) {
+	if d <= 0 {
+		bad(key, quote(d.String()), `want a positive duration, like "60s"`)
+	}
+}
+
+func checkWait(bad reporter, key string, d Duration) {
+	if d < 0 || d.Std() > MaxFetchWait {
+		bad(key, quote(d.String()), fmt.Sprintf(`want "0s" (never wait) up to %s`, Duration(MaxFetchWait)))
+	}
 }
 
 type reporter func(key, value, want string)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -75,6 +76,9 @@ func TestDefault(t *testing.T) {
 		{"fetch.lifetime", d.Fetch.Lifetime.Std(), time.Duration(0)},
 		{"fetch.authz", len(d.Fetch.Authz), 0},
 		{"fetch.timeout", d.Fetch.Timeout.Std(), 60 * time.Second},
+		{"fetch.wait", d.Fetch.Wait.Std(), 2 * time.Second},
+		{"trust_domain", d.TrustDomain, ""},
+		{"pools", len(d.Pools), 0},
 		{"fetch.local.key", d.Fetch.Local.Key, "POOL"},
 		{"fetch.local.key_dir", d.Fetch.Local.KeyDir, ""},
 		{"validate.trust_domains", len(d.Validate.TrustDomains), 0},
@@ -367,6 +371,8 @@ func TestLoadErrorNamesTheFileThatSetTheKey(t *testing.T) {
 		{"unknown key in system file", "colour = 1\n", "", "SYS: unknown key \"colour\"", "USER"},
 		{"syntax error in system file", "= 1\n", "", "SYS:1:", "USER"},
 		{"bad value from the defaults", "", "[limits]\nmax_name_len = 3\n", "config: session_token = \"tokend-session\"", "SYS"},
+		{"missing key of a pool", "[pools.a.fetch]\npool = \"cm\"\n", "", "config: SYS: pools.a.trust_domain: want", "USER"},
+		{"missing key of a replaced pool", "[pools.a]\ntrust_domain = \"a\"\n", "[pools.a.fetch]\npool = \"cm\"\n", "config: USER: pools.a.trust_domain: want", "SYS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -496,10 +502,27 @@ func TestExample(t *testing.T) {
 		t.Errorf("Example() decodes to\n%+v\nwant Default()\n%+v", c, Default())
 	}
 
-	// Every key is documented.
+	// Every key is documented, the keys of [pools.NAME] in the commented
+	// example, which loads when uncommented.
 	defined := map[string]bool{}
 	for _, k := range md.Keys() {
 		defined[k.String()] = true
+	}
+	pools := uncommentPools(Example())
+	var withPools Config
+	md, err = toml.Decode(pools, &withPools)
+	if err != nil {
+		t.Fatalf("Example()'s [pools.NAME] example does not decode: %v", err)
+	}
+	for _, k := range md.Keys() {
+		defined[poolPattern(k)] = true
+	}
+	defined["pools"] = len(withPools.Pools) > 0 // an implicit table
+	if len(withPools.Pools) != 1 {
+		t.Errorf("Example()'s commented pools example has %d pools, want 1", len(withPools.Pools))
+	}
+	if err := withPools.Check(); err != nil {
+		t.Errorf("Example()'s [pools.NAME] example does not pass Check: %v", err)
 	}
 	var missing []string
 	for k := range knownKeys() {
@@ -521,6 +544,13 @@ func TestExample(t *testing.T) {
 	if !reflect.DeepEqual(got, Default()) {
 		t.Errorf("Load(Example()) = %+v, want Default()", got)
 	}
+}
+
+// uncommentPools turns the commented [pools.NAME] example of a config file
+// into TOML: lines "# [pools..." and "# key = value".
+func uncommentPools(file string) string {
+	re := regexp.MustCompile(`(?m)^# (\[pools\.|[a-z_]+ = )`)
+	return re.ReplaceAllString(file, "$1")
 }
 
 func TestDurationText(t *testing.T) {

@@ -25,6 +25,12 @@ socket = ""
 # File name of the token fetched at the start of a session.
 session_token = "tokend-session"
 
+# Trust domain of the default pool (the pool of session_token, [fetch] and
+# [validate]): the iss of its tokens, HTCondor's TRUST_DOMAIN. "" = what
+# verifyd reports, else condor_config_val TRUST_DOMAIN; while none is known
+# the default pool judges every token no [pools.NAME] claims.
+trust_domain = ""
+
 # Plaintext tokens found on disk in the token directory when the agent starts:
 #   import  load the valid ones into memory and leave the files alone
 #   move    load them and delete the files after a successful import
@@ -61,6 +67,10 @@ authz = []
 # How long one fetch may take; a failed fetch leaves existing tokens alone.
 timeout = "60s"
 
+# After a key rotation, a tool's first look at the directory waits this long
+# for the fresh session token (at most "1m"). "0s" = never wait.
+wait = "2s"
+
 # Passed as -pool, -name, -type and -key to the fetch command when not "".
 pool = ""
 name = ""
@@ -75,7 +85,7 @@ key_dir = ""
 key = "POOL"
 # Token subject. "" = <user>@<issuer>.
 identity = ""
-# Token issuer (the pool's TRUST_DOMAIN).
+# Token issuer (the pool's TRUST_DOMAIN). "" = trust_domain, else the host name.
 issuer = ""
 
 [validate]
@@ -114,4 +124,52 @@ max_files = 64
 max_file_size = 65536
 # Longest file name, in bytes (at most 255).
 max_name_len = 255
+
+# Other pools: a flocking or national pool whose tokens the user also holds.
+# Each [pools.NAME] table (NAME: letters, digits, "-", "_"; not "default")
+# adds one pool with its own session token, fetch and key checks; a token
+# belongs to the pool whose trust_domain is its iss, and only that pool's
+# checks judge it. Tokens of no configured pool are shown and left alone.
+# A table in the user's file replaces the system file's table of that name.
+# For example (none by default):
+#
+# [pools.osg]
+# # Required: the iss of this pool's tokens, its TRUST_DOMAIN; no two pools
+# # share one.
+# trust_domain = "flock.opensciencegrid.org"
+# # File name of its session token. Default: "tokend-" + NAME.
+# session_token = "tokend-osg"
+#
+# [pools.osg.fetch]
+# # How: method, command, lifetime, authz, timeout and wait take [fetch]'s
+# # values when unset.
+# method = "exec"
+# command = []
+# lifetime = "0s"
+# authz = []
+# timeout = "60s"
+# wait = "2s"
+# # Where: never taken from [fetch]. An exec or request pool names its pool
+# # or schedd here, or has a command of its own; a local pool has its own
+# # [pools.NAME.fetch.local] key_dir.
+# pool = "cm.osg.example"
+# name = ""
+# type = ""
+# key = ""
+#
+# [pools.osg.fetch.local]
+# key_dir = ""
+# # Default "POOL".
+# key = "POOL"
+# identity = ""
+# # "" or this pool's trust_domain.
+# issuer = ""
+#
+# [pools.osg.validate]
+# # This pool's own key checks; unset = none (expiry only). A verifyd speaks
+# # for one trust domain: a pool's verifyd is not [validate]'s.
+# verifyd = ""
+# key_dir = ""
+# pool_key = ""
+# probe = []
 `

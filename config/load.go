@@ -75,7 +75,7 @@ func inFiles(errs []*KeyError, src map[string]string) error {
 	}
 	list := make([]error, len(errs))
 	for i, e := range errs {
-		e.File = src[e.Key]
+		e.File = sourceOf(src, e.Key)
 		list[i] = e
 	}
 	return errors.Join(list...)
@@ -121,6 +121,11 @@ func decodeFile(path string, cfg any, src map[string]string, optional bool) erro
 		return decodeError(path, err)
 	}
 
+	if err := poolsNotTables(md); err != nil {
+		return fmt.Errorf("config: %s: %w", path, err)
+	}
+
+	forgetReplacedPools(md, src)
 	known := keysOf(reflect.TypeOf(cfg).Elem())
 	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
@@ -135,8 +140,11 @@ func decodeFile(path string, cfg any, src map[string]string, optional bool) erro
 		// Keys must be spelt exactly: the decoder also matches keys that
 		// differ only in case, which would make "Dir" and "dir" in one
 		// file race each other.
-		if known[name] && !undecoded[name] {
+		if known[poolPattern(k)] && !undecoded[name] {
 			src[name] = path
+			for i := 1; i < len(k); i++ { // its tables, implicit ones too (sourceOf)
+				src[k[:i].String()] = path
+			}
 			continue
 		}
 		if insideReported(k, reported) {
@@ -148,7 +156,7 @@ func decodeFile(path string, cfg any, src map[string]string, optional bool) erro
 			continue
 		}
 		msg := fmt.Sprintf("config: %s: unknown key %s", path, quote(name))
-		if s := suggest(name, known); s != "" {
+		if s := suggestKey(k, known); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
 		}
 		errs = append(errs, errors.New(msg))
@@ -289,8 +297,12 @@ func keysOf(t reflect.Type) map[string]bool {
 			}
 			key := prefix + name
 			keys[key] = true
-			if f.Type.Kind() == reflect.Struct {
+			switch f.Type.Kind() {
+			case reflect.Struct:
 				walk(f.Type, key+".")
+			case reflect.Map:
+				keys[key+".*"] = true
+				walk(f.Type.Elem(), key+".*.")
 			}
 		}
 	}

@@ -37,6 +37,7 @@ func Run(ctx context.Context, exe string, out io.Writer) error {
 type demo struct {
 	exe, work            string
 	keys, dir, sock, vfy string
+	national             string // the second pool's key directory
 	out                  io.Writer
 	agent                *exec.Cmd
 	agentDone            chan error
@@ -55,33 +56,41 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.keys = filepath.Join(d.work, "passwords.d")
+	d.national = filepath.Join(d.work, "national-keys")
 	d.dir = filepath.Join(d.work, "tokens.d")
 	d.sock = filepath.Join(d.work, "run", "agent.sock")
 	d.vfy = filepath.Join(d.work, "verifyd", "verify.sock")
 	d.say("tokend demo: HTCondor IDTOKENS kept in memory, shown as %s", d.dir)
 	d.say("(an embedded issuer stands in for the pool; verifyd, the agent, the mount and the CLI are real)")
 
-	d.step(1, "The pool's signing key")
+	d.step(1, "The pool's signing key, and a second pool's")
 	if err := d.writePoolKey(); err != nil {
 		return err
 	}
 	d.say("   %s/POOL: 64 random bytes, scrambled as HTCondor stores them, mode 0600", d.keys)
+	if err := os.MkdirAll(d.national, 0o700); err != nil {
+		return err
+	}
+	if err := writeKey(filepath.Join(d.national, "POOL")); err != nil {
+		return err
+	}
+	d.say("   %s/POOL: the key of a national pool this user also flocks to (trust domain %s)", d.national, nationalTD)
 	if err := d.startVerifyd(ctx); err != nil {
 		return err
 	}
-	d.say("   verifyd watches it and answers agents on %s", d.vfy)
+	d.say("   verifyd watches it and answers agents on %s, for the trust domain %s", d.vfy, demoTD)
 
-	d.step(2, "Login: the agent mounts the token directory and fetches a session token")
+	d.step(2, "Login: the agent mounts the token directory and fetches a session token per pool, in parallel")
 	start := time.Now()
 	if err := d.startAgent(); err != nil {
 		return err
 	}
 	if err := d.waitFor(10*time.Second, "the agent to mount and answer", func() bool {
-		return mounttab.Mounted(d.dir) && d.sessionShown()
+		return mounttab.Mounted(d.dir) && d.sessionsShown()
 	}); err != nil {
 		return err
 	}
-	d.say("   agent pid %d: mounted and holding a fresh session token %s after start", d.agent.Process.Pid, since(start))
+	d.say("   agent pid %d: mounted and holding a fresh session token of each pool %s after start", d.agent.Process.Pid, since(start))
 	d.cli("status")
 
 	d.step(3, "What the HTCondor tools see")
@@ -105,7 +114,16 @@ func (d *demo) run(ctx context.Context) error {
 	d.cli("list")
 
 	d.step(5, "The pool's key is rotated: new bytes under the same name, as when the collector recreates POOL")
-	stale := d.tokensRead()
+	national := d.fileRead(nationalSession)
+	if national == nil {
+		return fmt.Errorf("the tools read no %s before the rotation", nationalSession)
+	}
+	var stale [][]byte // this pool's tokens
+	for _, t := range d.tokensRead() {
+		if !bytes.Equal(t, national) {
+			stale = append(stale, t)
+		}
+	}
 	if err := d.rotate(); err != nil {
 		return err
 	}
@@ -116,7 +134,10 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.say("   stale tokens hidden %s after the key changed (the tools would otherwise fail with AUTHENTICATE:1004)", since(rotated))
-	if err := d.waitFor(15*time.Second, "a fresh session token", d.sessionShown); err != nil {
+	if err := d.waitFor(15*time.Second, "a fresh session token", func() bool {
+		fresh := d.fileRead("tokend-session")
+		return d.sessionShown() && fresh != nil && !d.readableIn(fresh, stale)
+	}); err != nil {
 		return err
 	}
 	d.say("   fresh session token %s after the key changed (each agent waits a random 0-3 s so a host's agents do not reach the schedd together)", since(rotated))
@@ -125,6 +146,12 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.showPick(); err != nil {
 		return err
 	}
+	// Only the pool's own checks judge its tokens: the national pool's
+	// token is another iss, judged by its own key, and stays.
+	if after := d.fileRead(nationalSession); !bytes.Equal(after, national) {
+		return fmt.Errorf("the national pool's token %s changed with this pool's rotation", nationalSession)
+	}
+	d.say("   %s, the national pool's token, is read byte for byte as before: another pool's rotation does not touch it", nationalSession)
 
 	d.step(6, "Logout: every token is zeroed, the directory unmounted, the agent gone")
 	stop := time.Now()
@@ -142,6 +169,13 @@ func (d *demo) run(ctx context.Context) error {
 	return d.checkNothingLeft()
 }
 
+// The demo's pools: the one verifyd speaks for, and a second one.
+const (
+	demoTD          = "demo.tokend.example"
+	nationalTD      = "national.example"
+	nationalSession = "tokend-national"
+)
+
 func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }
 
 // tokensRead returns every token the HTCondor read sequence sees now.
@@ -153,6 +187,16 @@ func (d *demo) tokensRead() [][]byte {
 	}
 	d.seen = append(d.seen, toks...)
 	return toks
+}
+
+// readableIn reports whether tok is one of toks.
+func (d *demo) readableIn(tok []byte, toks [][]byte) bool {
+	for _, t := range toks {
+		if bytes.Equal(tok, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // readable reports whether the tools would still see any of toks.
@@ -172,6 +216,33 @@ func (d *demo) client() *api.Client { return api.NewClient(d.sock) }
 func (d *demo) sessionShown() bool {
 	st, err := d.client().Status(context.Background())
 	return err == nil && st.Session.State == api.SessionValid
+}
+
+// sessionsShown reports whether every pool holds its session token.
+func (d *demo) sessionsShown() bool {
+	st, err := d.client().Status(context.Background())
+	if err != nil || len(st.Pools) < 2 {
+		return false
+	}
+	for _, p := range st.Pools {
+		if p.Session.State != api.SessionValid {
+			return false
+		}
+	}
+	return true
+}
+
+// fileRead returns the token the tools read from the file name, nil when
+// they read none.
+func (d *demo) fileRead(name string) []byte {
+	files, _ := condor.Read(d.dir, os.Getuid())
+	for _, f := range files {
+		if filepath.Base(f.Path) == name && len(f.Tokens) == 1 {
+			d.seen = append(d.seen, f.Tokens[0])
+			return f.Tokens[0]
+		}
+	}
+	return nil
 }
 
 func (d *demo) waitFor(timeout time.Duration, what string, cond func() bool) error {
@@ -220,7 +291,7 @@ func (d *demo) startVerifyd(ctx context.Context) error {
 	}
 	log := filepath.Join(d.work, "verifyd.log")
 	var err error
-	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys)
+	d.verifyd, d.verifydDone, err = d.spawn(log, "verifyd", "--config", cfg, "--socket", d.vfy, "--password-dir", d.keys, "--trust-domain", demoTD)
 	if err != nil {
 		return err
 	}
@@ -257,11 +328,22 @@ lifetime = "1h"
 
 [fetch.local]
 key_dir = %q
-issuer = "demo.tokend.example"
+issuer = %q
 
 [validate]
 verifyd = %q
-`, d.dir, d.sock, d.keys, d.vfy)
+
+# A second pool the user flocks to: its own trust domain, its own issuer,
+# its own key check.
+[pools.national]
+trust_domain = %q
+
+[pools.national.fetch.local]
+key_dir = %q
+
+[pools.national.validate]
+key_dir = %q
+`, d.dir, d.sock, d.keys, demoTD, d.vfy, nationalTD, d.national, d.national)
 	cfgFile := filepath.Join(d.work, "config.toml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err
@@ -350,7 +432,7 @@ func (d *demo) sign(authz ...string) ([]byte, error) {
 		return nil, err
 	}
 	defer key.Wipe()
-	return token.Sign(token.Claims{Issuer: "demo.tokend.example", Subject: "demo@demo.tokend.example", Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
+	return token.Sign(token.Claims{Issuer: demoTD, Subject: "demo@" + demoTD, Authz: authz, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
 }
 
 // checkNothingLeft verifies the logout: no mount, no socket, and none of the

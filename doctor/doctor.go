@@ -76,9 +76,19 @@ func Run(ctx context.Context, o Options) []Check {
 	if c, ok := selinux(ctx, cfg); ok {
 		add(c)
 	}
-	add(condorTools(cfg))
+	pools := cfg.PoolList()
+	for _, c := range poolChecks(pools, st) {
+		add(c)
+	}
+	for _, pc := range pools {
+		add(condorTools(pc))
+	}
 	add(condorDir(dir))
-	add(verifydCheck(ctx, cfg))
+	for _, pc := range pools {
+		if pc.Name == config.DefaultPool || pc.Validate.Verifyd != "" {
+			add(verifydCheck(ctx, pc, poolStatus(st, pc.Name)))
+		}
+	}
 	add(memlock(st))
 	if os.Geteuid() == 0 {
 		if c, ok := pamHook(PAMDir); ok {
@@ -153,16 +163,8 @@ func agentStatus(ctx context.Context, socket string) (*api.Status, Check) {
 	if err != nil {
 		return nil, Check{"agent", Fail, err.Error(), "see the agent's log: journalctl --user -u tokend"}
 	}
-	c := Check{"agent", OK, fmt.Sprintf("pid %d on %s; session token %s", st.PID, socket, st.Session.State), ""}
-	switch st.Session.State {
-	case api.SessionFailed:
-		c.Status, c.Detail = Warn, c.Detail+": "+st.Session.LastError
-		c.Fix = "the message above is HTCondor's; check the schedd (condor_ping -type schedd READ) and `tokend fetch`"
-	case api.SessionWaiting:
-		c.Status = Warn
-		c.Fix = "an administrator approves it: condor_token_request_approve -reqid " + st.Session.RequestID
-	}
-	return &st, c
+	// Each pool's session token has its own check (poolChecks).
+	return &st, Check{"agent", OK, fmt.Sprintf("pid %d on %s (%s)", st.PID, socket, st.Version), ""}
 }
 
 func mount(dir string, st *api.Status) Check {
@@ -212,23 +214,28 @@ func condorView(dir string) Check {
 	return Check{"what the tools see", OK, detail, ""}
 }
 
-func condorTools(cfg config.Config) Check {
+// condorTools checks the program that fetches a pool's session token.
+func condorTools(pc config.PoolConfig) Check {
+	name := "HTCondor tools"
+	if pc.Name != config.DefaultPool {
+		name += ": " + pc.Name
+	}
 	var need string
-	switch cfg.Fetch.Method {
+	switch pc.Fetch.Method {
 	case config.MethodLocal:
-		return Check{"HTCondor tools", OK, "not needed: fetch.method = local", ""}
+		return Check{name, OK, "not needed: fetch.method = local", ""}
 	case config.MethodRequest:
 		need = config.DefaultRequestCommand
 	default:
 		need = config.DefaultFetchCommand
 	}
-	if len(cfg.Fetch.Command) > 0 {
-		need = cfg.Fetch.Command[0]
+	if len(pc.Fetch.Command) > 0 {
+		need = pc.Fetch.Command[0]
 	}
 	if _, err := exec.LookPath(need); err != nil {
-		return Check{"HTCondor tools", Fail, need + " is not on PATH: the session token cannot be fetched", "install HTCondor's tools, or set fetch.command"}
+		return Check{name, Fail, need + " is not on PATH: the session token cannot be fetched", "install HTCondor's tools, or set " + fetchKey(pc.Name, "command")}
 	}
-	return Check{"HTCondor tools", OK, need + " found", ""}
+	return Check{name, OK, need + " found", ""}
 }
 
 func condorDir(dir string) Check {
@@ -242,25 +249,35 @@ func condorDir(dir string) Check {
 	return Check{"SEC_TOKEN_DIRECTORY", OK, v, ""}
 }
 
-func verifydCheck(ctx context.Context, cfg config.Config) Check {
-	sock := cfg.Validate.Verifyd
+// verifydCheck asks a pool's verifyd whether it answers. ps is the
+// agent's view of the pool, nil when no agent answers.
+func verifydCheck(ctx context.Context, pc config.PoolConfig, ps *api.PoolStatus) Check {
+	name := "verifyd"
+	if pc.Name != config.DefaultPool {
+		name += ": " + pc.Name
+	}
+	sock := pc.Validate.Verifyd
 	if sock == "" {
-		return Check{"verifyd", Warn, "not configured: key rotations are seen only through " + keyAlternative(cfg), "set validate.verifyd and run tokend-verifyd.socket on this host"}
+		return Check{name, Warn, "not configured: key rotations are seen only through " + keyAlternative(pc.Validate), "set validate.verifyd and run tokend-verifyd.socket on this host"}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	gen, err := verifyapi.NewClient(sock).Generation(ctx)
 	if err != nil {
-		return Check{"verifyd", Warn, fmt.Sprintf("not answering on %s: rotations are seen only through %s", sock, keyAlternative(cfg)), "systemctl enable --now tokend-verifyd.socket (as root)"}
+		return Check{name, Warn, fmt.Sprintf("not answering on %s: rotations are seen only through %s", sock, keyAlternative(pc.Validate)), "systemctl enable --now tokend-verifyd.socket (as root)"}
 	}
-	return Check{"verifyd", OK, fmt.Sprintf("answers on %s (key generation %d)", sock, gen), ""}
+	detail := fmt.Sprintf("answers on %s (key generation %d)", sock, gen)
+	if ps != nil && ps.TrustFrom == api.TrustFromVerifyd {
+		detail += "; it speaks for trust domain " + ps.TrustDomain
+	}
+	return Check{name, OK, detail, ""}
 }
 
-func keyAlternative(cfg config.Config) string {
+func keyAlternative(v config.Validate) string {
 	switch {
-	case cfg.Validate.KeyDir != "":
+	case v.KeyDir != "":
 		return "validate.key_dir"
-	case len(cfg.Validate.Probe) > 0:
+	case len(v.Probe) > 0:
 		return "the probe command"
 	}
 	return "expiry (nothing checks signatures)"
@@ -272,5 +289,12 @@ func memlock(st *api.Status) Check {
 	if st != nil && !st.MemoryLocked {
 		return Check{"memory locking", Warn, "the agent could not lock token memory: tokens may be swapped to disk", "raise RLIMIT_MEMLOCK (LimitMEMLOCK=8M in the unit, or limits.conf memlock)"}
 	}
-	return Check{"memory locking", OK, fmt.Sprintf("RLIMIT_MEMLOCK %d KiB", lim.Cur/1024), ""}
+	detail := fmt.Sprintf("RLIMIT_MEMLOCK %d KiB", lim.Cur/1024)
+	if st != nil && st.MemoryLockedBytes > 0 {
+		detail += fmt.Sprintf("; the agent holds %d KiB", (st.MemoryLockedBytes+1023)/1024)
+		if st.MemoryLockLimit > 0 {
+			detail += fmt.Sprintf(" of its %d KiB", st.MemoryLockLimit/1024)
+		}
+	}
+	return Check{"memory locking", OK, detail, ""}
 }

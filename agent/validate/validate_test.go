@@ -2,6 +2,7 @@ package validate
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"os"
@@ -61,12 +62,21 @@ func TestKeyCheckOrder(t *testing.T) {
 		{[]KeyChecker{down}, token.Valid, KeyNone},
 		{[]KeyChecker{down, fakeKey{"keys", token.RotatedKey, nil}}, token.RotatedKey, "keys"},
 		{[]KeyChecker{fakeKey{"verifyd", token.Valid, nil}, fakeKey{"keys", token.RotatedKey, nil}}, token.Valid, "verifyd"},
+		{[]KeyChecker{fakeKey{"verifyd", token.UnknownKey, nil}}, token.UnknownKey, "verifyd"},
 	} {
-		c := &Checker{Keys: tc.keys}
-		r, by := c.Check(context.Background(), nil, &token.Token{Iss: "x"})
-		if r != tc.want || by != tc.wantBy {
-			t.Errorf("keys %v: %q by %s, want %q by %s", tc.keys, r, by, tc.want, tc.wantBy)
+		c := &Checker{Pool: "p", Keys: tc.keys}
+		v := c.Check(context.Background(), nil, &token.Token{Iss: "x"})
+		if v.Reason != tc.want || v.By != tc.wantBy || v.Pool != "p" {
+			t.Errorf("keys %v: %+v, want %q by %s in pool p", tc.keys, v, tc.want, tc.wantBy)
 		}
+		if v.CannotTell() != (tc.wantBy == KeyNone) {
+			t.Errorf("keys %v: CannotTell %v", tc.keys, v.CannotTell())
+		}
+	}
+	// The claims decide before any key check is asked.
+	c := &Checker{Keys: []KeyChecker{fakeKey{"keys", token.Valid, nil}}}
+	if v := c.Check(context.Background(), nil, &token.Token{Iss: "x", Exp: 1}); v.Reason != token.Expired || v.By != ByClaims {
+		t.Errorf("an expired token: %+v, want expired by claims", v)
 	}
 }
 
@@ -98,7 +108,7 @@ func TestKeysAgreeWithVectors(t *testing.T) {
 			}
 			os.WriteFile(filepath.Join(dir, name), b, 0o600) // git keeps no modes
 		}
-		k := Keys{Dir: token.KeyDir{Dir: dir, WantUID: -1}}
+		k := &Keys{Dir: token.KeyDir{Dir: dir, WantUID: -1}}
 		for _, c := range v.Cases {
 			r, err := k.CheckKey(context.Background(), []byte(c.Token), nil)
 			if err != nil {
@@ -125,7 +135,7 @@ func TestKeysCannotTell(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "POOL"), token.Scramble(make([]byte, 64)), 0o644)
 	tok, _ := token.Sign(token.Claims{Issuer: "x", Subject: "a@x", IssuedAt: time.Now()}, "POOL", make([]byte, 32))
-	_, err := Keys{Dir: token.KeyDir{Dir: dir, WantUID: -1}}.CheckKey(context.Background(), tok, nil)
+	_, err := (&Keys{Dir: token.KeyDir{Dir: dir, WantUID: -1}}).CheckKey(context.Background(), tok, nil)
 	if !errors.Is(err, ErrCannotTell) {
 		t.Fatalf("a 0644 key file: %v, want ErrCannotTell", err)
 	}
@@ -167,5 +177,74 @@ esac
 	p.CheckKey(context.Background(), []byte("good.a.b"), nil)
 	if _, err := os.Stat(script + ".files"); err == nil {
 		t.Error("a cached verdict ran the probe again")
+	}
+}
+
+// The key directory is read into a snapshot: a missing pool key is "cannot
+// tell", a kid with no file is unknown-key, and only a change two reads
+// agree on moves the generation.
+func TestKeysSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, file []byte) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rawKey := func() []byte { b := make([]byte, 64); rand.Read(b); return token.Scramble(b) }
+	pool := rawKey()
+	write("POOL", pool)
+	k := &Keys{Dir: token.KeyDir{Dir: dir, WantUID: -1}}
+	defer k.Close()
+	sign := func(kid string, file []byte) []byte {
+		tok, err := token.Sign(token.Claims{Issuer: "x", Subject: "a@x", IssuedAt: time.Now()}, kid, token.DeriveKey(kid, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	ctx := context.Background()
+	check := func(raw []byte) (token.Reason, error) { return k.CheckKey(ctx, raw, nil) }
+
+	good := sign("POOL", pool)
+	if r, err := check(good); r != token.Valid || err != nil {
+		t.Fatalf("a good token: %q %v", r, err)
+	}
+	if r, err := check(sign("AP", rawKey())); r != token.UnknownKey || err != nil {
+		t.Fatalf("a kid with no file: %q %v, want unknown-key", r, err)
+	}
+	if r, err := check(sign("POOL", rawKey())); r != token.RotatedKey || err != nil {
+		t.Fatalf("another POOL key: %q %v, want rotated-key", r, err)
+	}
+
+	reload := func() bool { return k.Apply(k.Read()) }
+	// Removed: the snapshot holds until a reading is applied; then POOL
+	// tokens cannot be told.
+	os.Remove(filepath.Join(dir, "POOL"))
+	if r, err := check(good); r != token.Valid || err != nil {
+		t.Fatalf("before any reload: %q %v", r, err)
+	}
+	if !reload() || k.Generation() != 1 {
+		t.Fatalf("the removal did not count: generation %d", k.Generation())
+	}
+	if _, err := check(good); !errors.Is(err, ErrCannotTell) {
+		t.Fatalf("no POOL file: %v, want ErrCannotTell", err)
+	}
+	// The same bytes back: a change again, but none with nothing new.
+	write("POOL", pool)
+	if !reload() || reload() || k.Generation() != 2 {
+		t.Fatalf("restored then unchanged: generation %d, want 2", k.Generation())
+	}
+	if r, err := check(good); r != token.Valid || err != nil {
+		t.Fatalf("POOL restored: %q %v", r, err)
+	}
+	// An unusable file of a named kid cannot be told; it is a change.
+	write("AP", rawKey())
+	os.Chmod(filepath.Join(dir, "AP"), 0o644)
+	if !reload() {
+		t.Fatal("a new key file did not count")
+	}
+	if _, err := check(sign("AP", rawKey())); !errors.Is(err, ErrCannotTell) {
+		t.Fatalf("a 0644 AP: %v, want ErrCannotTell", err)
 	}
 }

@@ -8,15 +8,23 @@ import (
 	"github.com/tokend/tokend/verifyapi"
 )
 
-// Verifyd asks the host's verifyd, which can read the pool's keys.
+// Verifyd asks the host's verifyd, which can read the pool's keys. It
+// speaks only for its trust domain: an answer on a token of another iss is
+// no verdict. (A verifyd of an earlier release names no trust domain; the
+// Router has already placed the token in this verifyd's pool.)
 type Verifyd struct{ Client *verifyapi.Client }
 
 func (Verifyd) Name() string { return KeyVerifyd }
 
 func (v Verifyd) CheckKey(ctx context.Context, raw []byte, t *token.Token) (token.Reason, error) {
 	resp, err := v.Client.Verify(ctx, raw)
-	if err != nil {
+	switch {
+	case err != nil:
 		return "", fmt.Errorf("%w: %w", ErrCannotTell, err)
+	case resp.CannotTell != "":
+		return "", fmt.Errorf("%w: verifyd cannot tell (%s)", ErrCannotTell, resp.CannotTell)
+	case t != nil && resp.TrustDomain != "" && resp.TrustDomain != t.Iss:
+		return "", fmt.Errorf("%w: verifyd speaks for %q, not the token's iss %q", ErrCannotTell, resp.TrustDomain, t.Iss)
 	}
 	switch resp.Reason {
 	case token.Valid, token.RotatedKey, token.UnknownKey, token.Expired, token.Malformed, token.Revoked:

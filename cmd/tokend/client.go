@@ -99,7 +99,15 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if *cf.json {
 		return printJSON(stdout, st)
 	}
-	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	writeStatus(stdout, st)
+	return exitOK
+}
+
+// writeStatus prints the agent's status for people. An agent of an
+// earlier release sends no pools: then its one session token and key check
+// are shown as before.
+func writeStatus(out io.Writer, st api.Status) {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	mounted := "mounted"
 	if !st.Mounted {
 		mounted = "NOT MOUNTED: the HTCondor tools see no tokens (tokend doctor)"
@@ -112,25 +120,87 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	case api.OpenModeHandles:
 		fmt.Fprintf(w, "opens:\tanswered by the agent (%s): this kernel lacks FUSE no_open/no_opendir support; tokens work, each open costs a round trip\n", st.OpenMode)
 	}
-	fmt.Fprintf(w, "tokens:\t%d shown, %d hidden\n", st.Tokens, st.Hidden)
-	fmt.Fprintf(w, "session token:\t%s\n", describeSession(st.Session))
-	if st.Session.LastError != "" {
-		fmt.Fprintf(w, "last error:\t%s (%d failures in a row)\n", st.Session.LastError, st.Session.Failures)
+	tokens := fmt.Sprintf("%d shown, %d hidden", st.Tokens, st.Hidden)
+	if st.Remembered > 0 {
+		tokens += fmt.Sprintf(" (%d kept in memory: they come back when their key does)", st.Remembered)
 	}
-	fmt.Fprintf(w, "key check:\t%s\n", describeValidation(st.Validation))
+	fmt.Fprintf(w, "tokens:\t%s\n", tokens)
+	if len(st.Pools) == 0 {
+		writeSession(w, "", config.DefaultPool, st.Session, st.Validation)
+	}
+	for _, p := range st.Pools {
+		fmt.Fprintf(w, "pool %s:\t%s\n", p.Name, describeTrust(p))
+		writeSession(w, "  ", p.Name, p.Session, p.Validation)
+		if p.LastError != "" {
+			fmt.Fprintf(w, "  problem:\t%s\n", p.LastError)
+		}
+	}
 	if st.Sessions > 0 {
 		fmt.Fprintf(w, "login sessions:\t%d\n", st.Sessions)
 	}
-	if st.MemoryLocked {
-		fmt.Fprintf(w, "memory:\tlocked (tokens cannot be swapped out)\n")
-	} else {
-		fmt.Fprintf(w, "memory:\tNOT locked: raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)\n")
-	}
+	fmt.Fprintf(w, "memory:\t%s\n", describeMemory(st))
 	w.Flush()
-	return exitOK
 }
 
-func describeSession(s api.Session) string {
+// writeSession prints a pool's session token and key check lines.
+func writeSession(w io.Writer, indent, pool string, s api.Session, v api.Validation) {
+	fmt.Fprintf(w, "%ssession token:\t%s\n", indent, describePoolSession(pool, s))
+	if s.LastError != "" {
+		fmt.Fprintf(w, "%slast error:\t%s (%d failures in a row)\n", indent, s.LastError, s.Failures)
+	}
+	fmt.Fprintf(w, "%skey check:\t%s\n", indent, describeValidation(v))
+}
+
+// describeTrust says which tokens a pool speaks for.
+func describeTrust(p api.PoolStatus) string {
+	var s string
+	if p.TrustDomain == "" {
+		s = "trust domain unknown"
+		if p.ClaimsOther {
+			s += ": judges every issuer no other pool claims"
+		}
+		s += " (set trust_domain, or run verifyd --trust-domain)"
+	} else {
+		s = "trust domain " + p.TrustDomain
+		if p.TrustFrom != "" {
+			s += " (from " + p.TrustFrom + ")"
+		}
+	}
+	if p.TokenMaxAge > 0 {
+		s += fmt.Sprintf("; tokens older than %s are refused (SEC_TOKEN_MAX_AGE)", config.Duration(time.Duration(p.TokenMaxAge)*time.Second))
+	}
+	return s
+}
+
+func describeMemory(st api.Status) string {
+	var used string
+	if st.MemoryLockedBytes > 0 {
+		used = kib(st.MemoryLockedBytes)
+		if st.MemoryLockLimit > 0 {
+			used += " of " + kib(st.MemoryLockLimit) + " RLIMIT_MEMLOCK"
+		}
+	}
+	if !st.MemoryLocked {
+		s := "NOT locked: raise RLIMIT_MEMLOCK (LimitMEMLOCK= in the unit)"
+		if used != "" {
+			s += "; locked " + used
+		}
+		return s
+	}
+	if used != "" {
+		return "locked, " + used + " (tokens cannot be swapped out)"
+	}
+	return "locked (tokens cannot be swapped out)"
+}
+
+// kib formats a byte count in KiB, rounded up.
+func kib(n int64) string { return fmt.Sprintf("%d KiB", (n+1023)/1024) }
+
+// describeSession describes the default pool's session token.
+func describeSession(s api.Session) string { return describePoolSession(config.DefaultPool, s) }
+
+// describePoolSession describes a pool's session token.
+func describePoolSession(pool string, s api.Session) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %s", s.Name, s.State)
 	switch s.State {
@@ -144,7 +214,7 @@ func describeSession(s api.Session) string {
 	case api.SessionWaiting:
 		fmt.Fprintf(&b, " (request %s; an administrator approves it with condor_token_request_approve -reqid %s)", s.RequestID, s.RequestID)
 	case api.SessionRemoved:
-		b.WriteString(" (by you; `tokend fetch` gets a new one)")
+		fmt.Fprintf(&b, " (by you; `%s` gets a new one)", fetchCommand(pool))
 	}
 	if s.NextRefresh != nil {
 		what := "refresh"
@@ -155,6 +225,14 @@ func describeSession(s api.Session) string {
 	}
 	fmt.Fprintf(&b, " [%s]", s.Method)
 	return b.String()
+}
+
+// fetchCommand is the command that fetches pool's session token.
+func fetchCommand(pool string) string {
+	if pool == "" || pool == config.DefaultPool {
+		return "tokend fetch"
+	}
+	return "tokend fetch --pool " + pool
 }
 
 func describeValidation(v api.Validation) string {
@@ -185,25 +263,46 @@ func runList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *cf.json {
 		return printJSON(stdout, toks)
 	}
+	writeTokens(stdout, toks)
+	return exitOK
+}
+
+// writeTokens prints tokens as a table for people.
+func writeTokens(out io.Writer, toks []api.Token) {
 	if len(toks) == 0 {
-		fmt.Fprintln(stdout, "no tokens")
-		return exitOK
+		fmt.Fprintln(out, "no tokens")
+		return
 	}
-	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tSUBJECT\tISSUER\tKEY\tEXPIRES\tSTATE")
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tPOOL\tSUBJECT\tISSUER\tKEY\tEXPIRES\tSTATE")
 	for _, t := range toks {
+		pool := t.Pool
+		if pool == "" {
+			pool = "-" // of no configured pool (or an agent that does not say)
+		}
 		exp := "never"
 		if t.Exp != nil {
 			exp = time.Unix(*t.Exp, 0).Format(time.DateTime)
 		}
-		state := t.State
-		if t.Reason != "" {
-			state += " (" + t.Reason + ")"
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Sub, t.Iss, t.Kid, exp, state)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, pool, t.Sub, t.Iss, t.Kid, exp, describeState(t))
 	}
 	w.Flush()
-	return exitOK
+}
+
+// describeState is a token's state and why: "valid", "valid (unknown-key)",
+// "hidden (expired)", "hidden (rotated-key, kept)".
+func describeState(t api.Token) string {
+	var why []string
+	if t.Reason != "" {
+		why = append(why, t.Reason)
+	}
+	if t.Remembered {
+		why = append(why, "kept")
+	}
+	if len(why) == 0 {
+		return t.State
+	}
+	return t.State + " (" + strings.Join(why, ", ") + ")"
 }
 
 // stringList is a repeatable flag.
@@ -214,7 +313,8 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runFetch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cf := newClientFlags("fetch", stderr, true)
-	name := cf.String("name", "", "token file `name` (default: the session token)")
+	pool := cf.String("pool", "", "fetch from pool `NAME` (a [pools.NAME] table; default: the default pool)")
+	name := cf.String("name", "", "token file `name` (default: the pool's session token)")
 	lifetime := cf.String("lifetime", "", "token lifetime, e.g. 8h (default: the config's)")
 	var authz stringList
 	cf.Var(&authz, "authz", "limit the token to `AUTHZ` (READ, WRITE, ...); repeatable")
@@ -235,22 +335,40 @@ func runFetch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			lastLine, lastID = time.Now(), p.RequestID
 		}
 	}
-	tok, err := cf.client().Fetch(ctx, api.FetchRequest{Name: *name, Lifetime: *lifetime, Authz: authz}, progress)
+	tok, err := cf.client().Fetch(ctx, api.FetchRequest{Pool: *pool, Name: *name, Lifetime: *lifetime, Authz: authz}, progress)
 	if live {
 		fmt.Fprint(stderr, "\r\033[K")
 	}
 	if err != nil {
-		return fail(stderr, "fetch", err)
+		return fail(stderr, "fetch", olderAgent(err, "pool"))
 	}
 	if *cf.json {
 		return printJSON(stdout, tok)
 	}
+	fmt.Fprintln(stdout, describeFetched(tok))
+	return exitOK
+}
+
+// olderAgent explains the refusal of a request field that an agent of an
+// earlier release does not know (it refuses unknown fields).
+func olderAgent(err error, field string) error {
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeBadRequest && strings.Contains(ae.Message, fmt.Sprintf("unknown field %q", field)) {
+		return fmt.Errorf("the agent is of an earlier release and knows no %s: restart it to run this tokend (systemctl --user restart tokend, or log out and in): %w", field, err)
+	}
+	return err
+}
+
+func describeFetched(tok api.Token) string {
 	exp := "no expiry"
 	if tok.Exp != nil {
 		exp = "expires " + time.Unix(*tok.Exp, 0).Format(time.DateTime)
 	}
-	fmt.Fprintf(stdout, "fetched %s: %s from %s, %s\n", tok.Name, tok.Sub, tok.Iss, exp)
-	return exitOK
+	pool := ""
+	if tok.Pool != "" && tok.Pool != config.DefaultPool {
+		pool = " (pool " + tok.Pool + ")"
+	}
+	return fmt.Sprintf("fetched %s%s: %s from %s, %s", tok.Name, pool, tok.Sub, tok.Iss, exp)
 }
 
 func isTerminal(w io.Writer) bool {

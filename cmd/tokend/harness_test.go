@@ -38,11 +38,15 @@ type env struct {
 	keys        string
 	dir, sock   string
 	config      string
-	agentEnv    []string // more environment for the agent
+	agentEnv    []string          // more environment for the agent
+	settings    map[string]string // the config, as dotted TOML keys to TOML values
 	agent       *exec.Cmd
-	done        chan error
-	log         *syncbuf.Buffer
-	secrets     [][]byte // every token seen, to be searched for in logs
+	// memlock: the agent runs under an RLIMIT_MEMLOCK of agentMemlock,
+	// and must keep every secret locked within it.
+	memlock bool
+	done    chan error
+	log     *syncbuf.Buffer
+	secrets [][]byte // every token seen, to be searched for in logs
 }
 
 // newEnv prepares a setup for the test user. config overrides settings
@@ -75,13 +79,33 @@ func newEnvAs(t *testing.T, u testenv.User, config map[string]string) *env {
 		"validate.key_dir":    strconv.Quote(e.keys),
 	}
 	maps.Copy(settings, config)
-	var cfg strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(settings)) {
-		fmt.Fprintf(&cfg, "%s = %s\n", k, settings[k])
-	}
-	e.writeFile(e.config, cfg.String(), 0o600)
+	e.settings = settings
+	e.writeConfig()
 	t.Cleanup(e.cleanup)
 	return e
+}
+
+// set changes settings of the config (dotted TOML keys to TOML values; ""
+// removes a key) and writes it again. The agent reads it when it starts.
+func (e *env) set(settings map[string]string) {
+	e.t.Helper()
+	for k, v := range settings {
+		if v == "" {
+			delete(e.settings, k)
+		} else {
+			e.settings[k] = v
+		}
+	}
+	e.writeConfig()
+}
+
+func (e *env) writeConfig() {
+	e.t.Helper()
+	var cfg strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(e.settings)) {
+		fmt.Fprintf(&cfg, "%s = %s\n", k, e.settings[k])
+	}
+	e.writeFile(e.config, cfg.String(), 0o600)
 }
 
 func (e *env) mkdir(p string) {
@@ -105,13 +129,16 @@ func (e *env) writeFile(p, data string, mode os.FileMode) {
 
 // writeKey writes a new random key file named name (replacing it by rename,
 // as a site would roll out a new POOL).
-func (e *env) writeKey(name string) {
+func (e *env) writeKey(name string) { e.writeKeyIn(e.keys, name) }
+
+// writeKeyIn writes a new random key file named name in dir, by rename.
+func (e *env) writeKeyIn(dir, name string) {
 	e.t.Helper()
 	key := make([]byte, 64)
 	rand.Read(key)
-	tmp := filepath.Join(e.keys, "."+name+".new")
+	tmp := filepath.Join(dir, "."+name+".new")
 	e.writeFile(tmp, string(token.Scramble(key)), 0o600)
-	if err := os.Rename(tmp, filepath.Join(e.keys, name)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -140,11 +167,17 @@ func (e *env) start() {
 	e.waitReady()
 }
 
-// launch starts the agent as the user without waiting for it.
+// agentMemlock is the RLIMIT_MEMLOCK the agent runs under: EL 8 and 9 give
+// user sessions 64 KiB. Everything the agent holds must fit, locked.
+const agentMemlock = "65536"
+
+// launch starts the agent as the user, under an RLIMIT_MEMLOCK of
+// agentMemlock, without waiting for it.
 func (e *env) launch() {
 	e.t.Helper()
 	e.log = &syncbuf.Buffer{}
-	e.agent = testenv.Command(e.u, e.bin, "agent", "--config", e.config)
+	e.agent = testenv.Command(e.u, "prlimit", "--memlock="+agentMemlock+":"+agentMemlock, "--", e.bin, "agent", "--config", e.config)
+	e.memlock = true
 	e.agent.Env = append(e.agent.Env, e.agentEnv...)
 	e.agent.Stdout, e.agent.Stderr = e.log, e.log
 	if err := e.agent.Start(); err != nil {
@@ -312,9 +345,10 @@ func (e *env) stop() {
 	e.agent = nil
 }
 
-// cleanup stops the agent, checks its log holds no token, and makes sure
-// nothing stays mounted.
+// cleanup checks that the agent kept every secret in locked memory, stops
+// it, checks its log holds no token, and makes sure nothing stays mounted.
 func (e *env) cleanup() {
+	e.lockedWithin()
 	e.stop()
 	if e.log != nil {
 		for _, s := range e.secrets {
@@ -330,5 +364,31 @@ func (e *env) cleanup() {
 	}
 	if _, err := mounttab.RecoverStale(e.dir); err != nil {
 		e.t.Errorf("recovering a dead mount at cleanup: %v", err)
+	}
+}
+
+// lockedWithin fails the test if the agent, run by launch under an
+// RLIMIT_MEMLOCK of agentMemlock, had to keep a secret in unlocked memory.
+func (e *env) lockedWithin() {
+	e.t.Helper()
+	if e.agent == nil || !e.memlock {
+		return
+	}
+	select {
+	case err := <-e.done:
+		e.done <- err // for stop
+		return
+	default:
+	}
+	st, err := e.status()
+	if err != nil {
+		return
+	}
+	if strconv.FormatInt(st.MemoryLockLimit, 10) != agentMemlock {
+		e.t.Errorf("the agent ran under an RLIMIT_MEMLOCK of %d bytes, want %s", st.MemoryLockLimit, agentMemlock)
+	}
+	if !st.MemoryLocked || strings.Contains(e.log.String(), "not locked") {
+		e.t.Errorf("the agent could not keep every secret locked within an RLIMIT_MEMLOCK of %s bytes (%d bytes locked):\n%s",
+			agentMemlock, st.MemoryLockedBytes, e.log)
 	}
 }

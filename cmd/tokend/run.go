@@ -36,7 +36,8 @@ Talking to the agent (--socket PATH, else $TOKEND_SOCKET, else the config's sock
 else $XDG_RUNTIME_DIR/tokend/agent.sock):
   status   [--json]                               what the agent holds and how it is doing
   list     [--all] [--json]                       tokens (--all: hidden ones too, with why)
-  fetch    [--name N] [--lifetime D] [--authz A]...   fetch a fresh token now
+  fetch    [--pool NAME] [--name N] [--lifetime D] [--authz A]...
+                                                  fetch a fresh token now (--pool: from that [pools.NAME])
   rm       NAME                                   remove a token file
   wipe     [--logout]                             remove every token (--logout: and stop the agent)
 

@@ -38,7 +38,8 @@ func (e *env) signRaw(kid string, key []byte, claims jwt.MapClaims) []byte {
 }
 
 // Every kind of bad token written by the user is hidden with its reason;
-// good ones stay; the tools see only the good ones.
+// good ones stay, and so does one whose kid the pool has no key for
+// (unknown-key: the tools skip it harmlessly); the tools see only those.
 func TestHidingReasons(t *testing.T) {
 	e := newEnv(t, map[string]string{"validate.trust_domains": `["test.example"]`})
 	e.start()
@@ -79,13 +80,21 @@ func TestHidingReasons(t *testing.T) {
 		}
 		return len(got) == len(want)
 	})
+	// Shown: valid, or unknown-key; everything else is hidden.
+	shown := func(reason string) bool { return reason == "" || reason == api.ReasonUnknownKey }
+	testenv.Eventually(t, 5*time.Second, "the unknown-key token to be noted", func() bool {
+		return slices.ContainsFunc(e.tokens(false), func(tok api.Token) bool { return tok.Name == "unknown" && tok.Reason == api.ReasonUnknownKey })
+	})
 	for _, tok := range e.tokens(true) {
 		r, ok := want[tok.Name]
 		if !ok || tok.Reason != r {
 			t.Errorf("%s: state %s reason %q, want reason %q", tok.Name, tok.State, tok.Reason, r)
 		}
-		if (tok.State == api.StateHidden) != (r != "") {
+		if (tok.State == api.StateValid) != shown(r) {
 			t.Errorf("%s: state %s with reason %q", tok.Name, tok.State, tok.Reason)
+		}
+		if tok.Pool != "default" {
+			t.Errorf("%s: pool %q, want default (its trust domain is unknown, so it claims every iss)", tok.Name, tok.Pool)
 		}
 	}
 	var seen []string
@@ -93,7 +102,7 @@ func TestHidingReasons(t *testing.T) {
 		seen = append(seen, filepath.Base(f.Path))
 	}
 	slices.Sort(seen)
-	if wantSeen := []string{"capability", "good", "no-expiry", "tokend-session"}; !slices.Equal(seen, wantSeen) {
+	if wantSeen := []string{"capability", "good", "no-expiry", "tokend-session", "unknown"}; !slices.Equal(seen, wantSeen) {
 		t.Fatalf("the tools see %v, want %v", seen, wantSeen)
 	}
 	// The metadata never carries the token.

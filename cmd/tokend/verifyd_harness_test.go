@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,10 +36,14 @@ type verifydProc struct {
 	keys   string // the password directory (SEC_PASSWORD_DIRECTORY)
 	sock   string
 	config string // an empty config file, so /etc/tokend/verifyd.toml is not read
-	cmd    *exec.Cmd
-	done   chan error
-	log    *syncbuf.Buffer // every run's output, appended
-	starts int
+	// trustDomain, when set, is passed as --trust-domain; env is added to
+	// verifyd's environment (_CONDOR_SEC_TOKEN_MAX_AGE=...).
+	trustDomain string
+	env         []string
+	cmd         *exec.Cmd
+	done        chan error
+	log         *syncbuf.Buffer // every run's output, appended
+	starts      int
 }
 
 // newVerifyd prepares a verifyd (not started) with an empty password
@@ -94,7 +99,12 @@ func (v *verifydProc) start() {
 	}
 	v.starts++
 	v.log.Write([]byte("--- verifyd start " + strconv.Itoa(v.starts) + " ---\n"))
-	v.cmd = exec.Command(v.bin, "verifyd", "--config", v.config, "--socket", v.sock, "--password-dir", v.keys)
+	args := []string{"verifyd", "--config", v.config, "--socket", v.sock, "--password-dir", v.keys}
+	if v.trustDomain != "" {
+		args = append(args, "--trust-domain", v.trustDomain)
+	}
+	v.cmd = exec.Command(v.bin, args...)
+	v.cmd.Env = append(os.Environ(), v.env...)
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	if err := v.cmd.Start(); err != nil {
 		v.t.Fatal(err)
@@ -219,16 +229,27 @@ func (e *env) signWith(dir, kid, sub string) []byte {
 
 // shown returns what the tools read from the mount, as the user: file name
 // to its tokens.
+//
+// A file hidden between the tools' readdir and their open answers ENOENT,
+// as a file removed at that moment would: the read is made again then.
 func (e *env) shown() map[string][]string {
 	e.t.Helper()
-	out := map[string][]string{}
-	for _, f := range e.read().Files {
-		if f.Err != "" {
-			e.t.Fatalf("the tools could not read %s: %s", f.Path, f.Err)
+	for try := 0; ; try++ {
+		out := map[string][]string{}
+		raced := false
+		for _, f := range e.read().Files {
+			switch {
+			case f.Err != "" && strings.Contains(f.Err, "no such file or directory") && try < 10:
+				raced = true
+			case f.Err != "":
+				e.t.Fatalf("the tools could not read %s: %s", f.Path, f.Err)
+			}
+			out[filepath.Base(f.Path)] = f.Tokens
 		}
-		out[filepath.Base(f.Path)] = f.Tokens
+		if !raced {
+			return out
+		}
 	}
-	return out
 }
 
 // showsToken reports whether the tools read tok from any file of the mount.

@@ -28,7 +28,15 @@ _tokend() {
 		COMPREPLY=($(compgen -f -- "$cur"))
 		return
 		;;
-	--name | --lifetime | --authz | --pid | --timeout)
+	--pool)
+		# Pool names, from the configuration files ([pools.NAME] tables).
+		local pools
+		pools=$(sed -n 's/^[[:space:]]*\[pools\.\([A-Za-z0-9_-]*\)\][[:space:]]*$/\1/p' \
+			/etc/tokend/config.toml "${XDG_CONFIG_HOME:-$HOME/.config}/tokend/config.toml" 2>/dev/null)
+		COMPREPLY=($(compgen -W "default $pools" -- "$cur"))
+		return
+		;;
+	--name | --lifetime | --authz | --pid | --timeout | --trust-domain)
 		return
 		;;
 	esac
@@ -37,7 +45,7 @@ _tokend() {
 	case ${words[1]} in
 	status | doctor) flags="--json --socket" ;;
 	list | ls) flags="--all --json --socket" ;;
-	fetch) flags="--name --lifetime --authz --json --socket" ;;
+	fetch) flags="--pool --name --lifetime --authz --json --socket" ;;
 	rm)
 		if [[ $cur != -* ]]; then
 			# Token names, from the agent (never the tokens themselves).
@@ -57,7 +65,7 @@ _tokend() {
 		flags="--config --pid --timeout"
 		;;
 	agent) flags="--config --dir --socket" ;;
-	verifyd) flags="--config --socket --password-dir --pool-key" ;;
+	verifyd) flags="--config --socket --password-dir --pool-key --trust-domain" ;;
 	esac
 	COMPREPLY=($(compgen -W "$flags" -- "$cur"))
 }

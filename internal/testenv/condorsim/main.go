@@ -102,15 +102,20 @@ type Watch struct {
 	NoToken  int      `json:"no_token"` // reads where the tools would have had no token
 	Failures []string `json:"failures"` // read_secure_file failures (short read, modified, ...)
 	Distinct int      `json:"distinct"` // different tokens picked
+	Seen     []string `json:"seen"`     // every different token read, in any file (at most maxSeen)
 }
+
+// maxSeen bounds Watch.Seen.
+const maxSeen = 1000
 
 func watch(dir, seconds string) (Watch, error) {
 	d, err := time.ParseDuration(seconds + "s")
 	if err != nil {
 		return Watch{}, err
 	}
-	w := Watch{Failures: []string{}}
+	w := Watch{Failures: []string{}, Seen: []string{}}
 	seen := map[string]bool{}
+	read := map[string]bool{}
 	for end := time.Now().Add(d); time.Now().Before(end); {
 		files, err := condor.Read(dir, os.Getuid())
 		if err != nil {
@@ -120,6 +125,12 @@ func watch(dir, seconds string) (Watch, error) {
 		for _, f := range files {
 			if f.Err != nil && len(w.Failures) < 20 {
 				w.Failures = append(w.Failures, f.Err.Error())
+			}
+			for _, t := range f.Tokens {
+				if !read[string(t)] && len(w.Seen) < maxSeen {
+					read[string(t)] = true
+					w.Seen = append(w.Seen, string(t))
+				}
 			}
 		}
 		_, tok, ok := condor.Pick(files)
