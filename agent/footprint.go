@@ -68,7 +68,7 @@ const (
 	returnEvery = 10 * time.Second
 	// idleBytes is what an idle agent may allocate between two looks: its
 	// timers and looks allocate a few hundred bytes; one FUSE request that
-	// the kernel's caches miss allocates up to go-fuse's 70 KiB read
+	// the kernel's caches miss allocates up to go-fuse's 68 KiB read
 	// buffer.
 	idleBytes = 256 << 10
 	// freeBytes of free heap pages are worth a collection (about a

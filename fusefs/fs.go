@@ -129,7 +129,7 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		// starts another reader whenever none is left, so parked
 		// requests, the fetcher's own and an INTERRUPT for a parked one
 		// are all read at once. A limit would have to leave room for
-		// them all (16 parked plus normal traffic: 64 requests, 4.5 MiB),
+		// them all (16 parked plus normal traffic: 64 requests, 4.4 MiB),
 		// and would bound only a burst's peak, which goes back anyway.
 		// go-fuse keeps at most GOMAXPROCS (at least 2, at most 16)
 		// readers idle; the agent pins GOMAXPROCS to 2
