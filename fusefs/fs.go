@@ -81,6 +81,9 @@ type FS struct {
 
 const rootIno = fuse.FUSE_ROOT_ID
 
+// maxWrite is the largest READ or WRITE the kernel sends (see Mount).
+const maxWrite = 64 << 10
+
 // Mount mounts st at dir. The mount is ready (the kernel has sent INIT) when
 // Mount returns.
 func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
@@ -114,6 +117,26 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		DisableXAttrs: true,
 		// Root mounts without fusermount3; users go through it.
 		DirectMount: true,
+		// Every request go-fuse reads takes a buffer of MaxWrite plus a
+		// few KiB, held while it is served and pooled after. 64 KiB reads
+		// or writes a file of the default size limit in one request
+		// (a larger limit takes a few); go-fuse's default, 128 KiB, would
+		// double what a burst of requests leaves behind.
+		MaxWrite: maxWrite,
+		// MaxInflightRequestBytes stays go-fuse's default, no limit: a
+		// request that waits (a lookup parked until a fresh token comes)
+		// holds its buffer and goroutine but not a reader, and go-fuse
+		// starts another reader whenever none is left, so parked
+		// requests, the fetcher's own and an INTERRUPT for a parked one
+		// are all read at once. A limit would have to leave room for
+		// them all (16 parked plus normal traffic: 64 requests, 4.4 MiB),
+		// and would bound only a burst's peak, which goes back anyway.
+		// go-fuse keeps at most GOMAXPROCS (at least 2, at most 16)
+		// readers idle; the agent pins GOMAXPROCS to 2
+		// (agent.PinProcs). MaxBackground, the kernel's limit on
+		// read-ahead and other asynchronous requests, stays the
+		// kernel's 12: lookups and listings are synchronous and never
+		// count against it.
 	}
 	if opt.AllowRoot {
 		// The kernel knows only allow_other (fusermount3 refuses

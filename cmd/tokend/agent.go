@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
@@ -45,6 +46,13 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tokend agent: %v\n", err)
 		return exitUsage
 	}
+	// An access point runs hundreds of agents: keep each small (see
+	// agent/footprint.go). Before the mount: go-fuse sizes its readers
+	// from GOMAXPROCS.
+	agent.PinProcs(os.Getenv("GOMAXPROCS"))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go agent.ReturnMemory(ctx)
 	err = agent.Run(ctx, agent.Options{
 		Config:  cfg,
 		Logger:  log,

@@ -6,7 +6,9 @@
 //     and 128 token files, one open+read+close, and 32 parallel readers, on
 //     a real agent's mount against the same files on tmpfs (/dev/shm);
 //   - start and stop of an agent; memory of one idle agent and of a fleet
-//     of idle agents of different users (RSS and PSS from /proc);
+//     of idle agents of different users (RSS and PSS from /proc); an
+//     agent's private memory after a burst of writes and reads, beside one
+//     never used (burst.go);
 //   - key rotation with a real verifyd: the time until the stale token is
 //     gone from the directory, and how a fleet's refetches spread out;
 //   - login sessions (`tokend session open|close`), when available.
@@ -73,7 +75,7 @@ func main() {
 	tokend := flag.String("tokend", "bin/tokend", "the tokend `binary` to measure (built without -race)")
 	fleet := flag.Int("agents", 100, "idle agents of different users for the fleet figures")
 	rounds := flag.Int("rounds", 15, "timing rounds of each read figure")
-	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, rotation, fleet, sessions)")
+	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, burst, rotation, fleet, sessions)")
 	flag.Parse()
 	os.Exit(run(*tokend, *fleet, *rounds, *only))
 }
@@ -105,6 +107,7 @@ func run(tokend string, fleet, rounds int, only string) int {
 		{"reading", b.reading},
 		{"start", b.lifecycle},
 		{"memory", b.memory},
+		{"burst", b.burst},
 		{"rotation", b.rotation},
 		{"fleet", b.fleetPhase},
 		{"sessions", b.sessions},

@@ -12,6 +12,9 @@ package main
 //	                                 sequence until every token shown at the
 //	                                 start is gone (gone) or a token is shown
 //	                                 (appear); print CLOCK_MONOTONIC in ns
+//	burst DIR PREFIX SEQS PAR        tokens on stdin written as DIR/PREFIX-000,
+//	                                 ... while PAR readers run the read
+//	                                 sequence SEQS times (burst.go)
 
 import (
 	"bufio"
@@ -46,6 +49,8 @@ func worker(args []string) int {
 		err = readJob(args[1], args[2], args[3], args[4])
 	case len(args) == 4 && args[0] == "watch":
 		err = watchJob(args[1], args[2], args[3])
+	case len(args) == 5 && args[0] == "burst":
+		err = burstJob(args[1], args[2], args[3], args[4], os.Stdin)
 	default:
 		err = fmt.Errorf("bad worker job %q", args)
 	}
