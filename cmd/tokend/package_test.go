@@ -400,6 +400,7 @@ func TestRPMPackage(t *testing.T) {
 	}
 	wantFiles := map[string]rpmFile{
 		"/usr/bin/tokend":                                {"-rwxr-xr-x", "root:root", ""},
+		"/usr/bin/tokend-pam":                            {"-rwxr-xr-x", "root:root", ""},
 		"/usr/lib/systemd/user/tokend.service":           {"-rw-r--r--", "root:root", ""},
 		"/usr/lib/systemd/system/tokend-verifyd.service": {"-rw-r--r--", "root:root", ""},
 		"/usr/lib/systemd/system/tokend-verifyd.socket":  {"-rw-r--r--", "root:root", ""},
