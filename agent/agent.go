@@ -290,25 +290,19 @@ func poke(c chan struct{}) {
 // listen creates the control socket: its directory 0700, the socket 0600.
 // A socket that still answers belongs to a running agent and is left alone.
 //
-// It returns the agent's lock, which the agent holds for its whole life, so
-// that two agents starting at once cannot both decide the socket is stale
-// and take it from each other. Closing the file releases the lock; the file
-// itself stays. Removing it would let two agents hold "the" lock at once:
-// one that opened the old file just before it went, and locks it once it is
-// released, and one that creates a new file. (systemd removes the runtime
-// directory with the unit; the PAM hook's files stay there anyway.)
+// It returns the agent's lock (takeLock), which the agent holds for its
+// whole life, so that two agents starting at once cannot both decide the
+// socket is stale and take it from each other.
 func listen(rt config.Runtime) (net.Listener, *os.File, error) {
 	socket := rt.Socket
 	if err := config.EnsurePrivateDir(rt.Dir); err != nil {
 		return nil, nil, err
 	}
-	lock, err := os.OpenFile(rt.Lock, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
+	lock, err := takeLock(rt.Lock)
+	if errors.Is(err, errLocked) {
 		return nil, nil, fmt.Errorf("another tokend agent is already running on %s", socket)
+	} else if err != nil {
+		return nil, nil, err
 	}
 	if c, err := net.DialTimeout("unix", socket, time.Second); err == nil {
 		c.Close()
@@ -334,13 +328,50 @@ func listen(rt config.Runtime) (net.Listener, *os.File, error) {
 	return ln, lock, nil
 }
 
-// release undoes listen when the agent ends. The socket goes while the
-// lock is still held: a new agent may take both the moment the lock goes.
-// (The server has closed the listener already when it stopped; the lock is
-// not part of it.)
+// errLocked: another agent holds the lock.
+var errLocked = errors.New("locked")
+
+// takeLock opens and locks the lock file at path. An agent removes its lock
+// file when it ends, while it still holds the lock, so that it leaves
+// nothing behind (systemd removes an empty runtime directory with the
+// unit). That is the classic flock/unlink race: another agent may have
+// opened the old file just before it went, and would lock a file nobody
+// can find any more while a third creates and locks a new one. So after
+// flock, the lock counts only if path still names the locked file; else
+// it starts over.
+func takeLock(path string) (*os.File, error) {
+	for range 8 {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			f.Close()
+			return nil, errLocked
+		}
+		if lockCurrent(f, path) {
+			return f, nil
+		}
+		f.Close()
+	}
+	return nil, fmt.Errorf("the lock file %s keeps being replaced while the agent starts: is another program removing it?", path)
+}
+
+// lockCurrent reports whether path still names the file f.
+func lockCurrent(f *os.File, path string) bool {
+	var held, named unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &held) == nil && unix.Lstat(path, &named) == nil &&
+		held.Dev == named.Dev && held.Ino == named.Ino
+}
+
+// release undoes listen when the agent ends. The socket and the lock file
+// go while the lock is still held (takeLock says why that is safe). (The
+// server has closed the listener already when it stopped; the lock is not
+// part of it.)
 func release(rt config.Runtime, ln net.Listener, lock *os.File) {
 	os.Remove(rt.Socket)
 	ln.Close()
+	os.Remove(rt.Lock)
 	lock.Close()
 }
 

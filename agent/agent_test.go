@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
@@ -20,11 +21,10 @@ import (
 	"github.com/tokend/tokend/mounttab"
 )
 
-// The lock file outlives the agent that held it. Were it removed before
-// the lock went, an agent that had opened it a moment earlier would lock
-// the removed file while a third created and locked a new one: two agents,
-// each sure it alone holds the socket.
-func TestLockFileOutlivesTheAgent(t *testing.T) {
+// Two agents never both hold the lock, though an ending agent removes its
+// lock file: one that opened the old file just before it went locks it,
+// sees that the path names another file, and starts over.
+func TestLockFileRace(t *testing.T) {
 	rt := config.RuntimeFiles(filepath.Join(t.TempDir(), "run", "agent.sock"))
 	ln, lock, err := listen(rt)
 	if err != nil {
@@ -41,26 +41,26 @@ func TestLockFileOutlivesTheAgent(t *testing.T) {
 	}
 	defer early.Close()
 	release(rt, ln, lock)
-	if _, err := os.Stat(rt.Lock); err != nil {
-		t.Fatalf("the lock file is gone after the agent ended: %v", err)
+	if ents, err := os.ReadDir(rt.Dir); err != nil || len(ents) != 0 {
+		t.Fatalf("the ended agent left %v in its runtime directory (%v)", ents, err)
 	}
+	// The early one gets the lock of the removed file, and must not count it.
 	if err := unix.Flock(int(early.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		t.Fatalf("the early agent cannot take the released lock: %v", err)
+		t.Fatalf("flock of the removed lock file: %v", err)
+	}
+	if lockCurrent(early, rt.Lock) {
+		t.Fatal("a lock on a removed lock file counts as the agent's lock")
 	}
 
-	// A third agent must find the lock taken.
-	if ln, lock, err := listen(rt); err == nil {
-		release(rt, ln, lock)
-		t.Fatal("a third agent took the socket while the early one holds the lock")
-	} else if !strings.Contains(err.Error(), "another tokend agent is already running") {
-		t.Fatalf("a third agent: %v, want refused as already running", err)
-	}
-
-	// Once the early one lets go, an agent starts again.
-	early.Close()
+	// A third agent creates and takes a new one; the early one, starting
+	// over as takeLock does, is refused.
 	ln, lock, err = listen(rt)
 	if err != nil {
-		t.Fatalf("an agent after every other ended: %v", err)
+		t.Fatalf("an agent after the first ended: %v", err)
+	}
+	if f, err := takeLock(rt.Lock); !errors.Is(err, errLocked) {
+		f.Close()
+		t.Fatalf("the early agent, starting over: %v, want the lock taken", err)
 	}
 	release(rt, ln, lock)
 }
