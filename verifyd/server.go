@@ -256,28 +256,16 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer func() { cancel(); <-watchDone }()
 
 	// Request contexts end with ctx, so long polls answer at shutdown.
-	hs := localapi.NewServer(ctx, s, s.log)
-	hs.ReadHeaderTimeout = s.readHeaderTimeout
-	hs.ReadTimeout = readTimeout
-	hs.WriteTimeout = max(writeTimeout, s.pollTimeout+10*time.Second)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- hs.Serve(localapi.NewListener(l, localapi.Limits{PerUID: maxConnsPerUID, Total: maxConns}, s.log))
-	}()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer scancel()
-	if hs.Shutdown(sctx) != nil {
-		hs.Close()
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	// localapi.Serve reads and writes the HTTP itself, with buffers it
+	// zeroes: a token leaves nothing behind once it is answered.
+	return localapi.Serve(ctx, localapi.NewListener(l, localapi.Limits{PerUID: maxConnsPerUID, Total: maxConns}, s.log), s, localapi.ServeOptions{
+		ReadHeaderTimeout: s.readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      max(writeTimeout, s.pollTimeout+10*time.Second),
+		MaxBodyBytes:      verifyapi.MaxRequestBytes,
+		ShutdownTimeout:   shutdownTimeout,
+		Log:               s.log,
+	})
 }
 
 // unknownUID is the rate-limit bucket of a request whose peer is not known
