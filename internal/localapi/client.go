@@ -210,7 +210,7 @@ func (cc *clientConn) open() bool {
 	}); err != nil {
 		return false
 	}
-	return n == 0 && errors.Is(rerr, unix.EAGAIN)
+	return n <= 0 && errors.Is(rerr, unix.EAGAIN) // n is -1 with the error
 }
 
 // roundTrip writes req and reads the answer's head. The connection stays

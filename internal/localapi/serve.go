@@ -184,10 +184,11 @@ func (s *server) idle(c net.Conn, idle bool) bool {
 	return !(idle && s.closing)
 }
 
+// isClosing reports whether the server stops: its context is done.
 func (s *server) isClosing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.closing
+	return s.closing || s.ctx.Err() != nil
 }
 
 func (s *server) serveConn(c net.Conn) {
