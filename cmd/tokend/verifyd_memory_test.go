@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokend/tokend/internal/memscan"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/wirev1"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -19,7 +20,7 @@ import (
 // key material (the key files, unscrambled, the HKDF key, the derived keys,
 // HMAC pads and pad-derived hash states) is found only in locked memory,
 // and a key that was replaced is found nowhere. The requests come through
-// verifyapi's client, as an agent sends them.
+// verifyapi's client, as an agent sends them, and the first release's.
 func TestNoTokenLeftInVerifydMemory(t *testing.T) {
 	v := newVerifyd(t)
 	pool, ap := newKeyFile(), newKeyFile()
@@ -68,6 +69,17 @@ func TestNoTokenLeftInVerifydMemory(t *testing.T) {
 			ask(a.tok, a.want)
 		}
 	}
+	// And one through the first release's client (net/http's transport):
+	// what verifyd does with a request does not depend on who wrote it.
+	old := wirev1.NewClient(v.sock)
+	defer old.Close()
+	firstRelease := sign(token.PoolKeyName, pool, now, 2*time.Hour)
+	tokens = append(tokens, firstRelease)
+	tokenNeedles(needles, firstRelease)
+	if r, err := wirev1.Check(context.Background(), old, firstRelease); err != nil || r != token.Valid {
+		t.Fatalf("the first release's client: %q, %v", r, err)
+	}
+
 	keys := func(prefix string, kid string, file []byte) {
 		for name, b := range keyMaterial(t, prefix, kid, file) {
 			needles[name] = b
