@@ -72,9 +72,10 @@ func FuzzKeyFile(f *testing.F) {
 			}
 		case err != nil:
 			t.Fatalf("ReadKeyFile of a private %d-byte file: %v", len(file), err)
-		case !bytes.Equal(got, file):
+		case !bytes.Equal(got.Bytes(), file):
 			t.Fatal("ReadKeyFile returned other bytes than the file holds")
 		}
+		got.Wipe()
 		if err != nil {
 			noKeyIn(t, err, path, file)
 			return

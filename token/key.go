@@ -97,14 +97,14 @@ func DeriveLocked(kid string, file []byte) (*secmem.Buffer, error) {
 
 // LoadKey reads a key file as [ReadKeyFile] does and derives kid's key from
 // it ([DeriveLocked]) into a secmem buffer that the caller wipes. The file's
-// bytes are cleared once the key is derived.
+// bytes are wiped once the key is derived.
 func LoadKey(path, kid string, wantUID int) (*secmem.Buffer, error) {
 	file, err := ReadKeyFile(path, wantUID)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(file)
-	key, err := DeriveLocked(kid, file)
+	defer file.Wipe()
+	key, err := DeriveLocked(kid, file.Bytes())
 	if err != nil {
 		return nil, fmt.Errorf("cannot derive a key from %s: %w", path, err)
 	}
@@ -114,8 +114,8 @@ func LoadKey(path, kid string, wantUID int) (*secmem.Buffer, error) {
 // ReadKeyFile reads a key file the way HTCondor accepts one: a regular file,
 // owned by wantUID (unless wantUID < 0), with no group or other permission
 // bits, at most 64 KiB. Errors say what to fix and never hold key bytes.
-// The caller should clear the result when done.
-func ReadKeyFile(path string, wantUID int) ([]byte, error) {
+// The bytes are read straight into a secmem buffer, which the caller wipes.
+func ReadKeyFile(path string, wantUID int) (*secmem.Buffer, error) {
 	// O_NONBLOCK: a FIFO put in place of the key must not hang the open.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -143,9 +143,12 @@ func ReadKeyFile(path string, wantUID int) ([]byte, error) {
 		return nil, fmt.Errorf("key file %s is larger than %d KiB", path, maxKeyFileSize>>10)
 	}
 	// Like HTCondor, read exactly the size fstat reported.
-	buf := make([]byte, size)
-	if _, err := io.ReadFull(f, buf); err != nil {
-		clear(buf)
+	buf, err := secmem.New(int(size))
+	if err != nil {
+		return nil, fmt.Errorf("cannot hold key file %s in memory: %w", path, err)
+	}
+	if _, err := io.ReadFull(f, buf.Bytes()); err != nil {
+		buf.Wipe()
 		return nil, fmt.Errorf("cannot read key file %s: %w", path, pathErr(err))
 	}
 	return buf, nil

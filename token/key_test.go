@@ -73,11 +73,14 @@ func TestReadKeyFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("0600: %v", err)
 	}
-	if !bytes.Equal(b, rawKeyFile(t, "keys", "POOL")) {
+	if !bytes.Equal(b.Bytes(), rawKeyFile(t, "keys", "POOL")) {
 		t.Error("content differs")
 	}
-	if _, err := ReadKeyFile(good, -1); err != nil {
+	b.Wipe()
+	if b, err := ReadKeyFile(good, -1); err != nil {
 		t.Errorf("wantUID -1: %v", err)
+	} else {
+		b.Wipe()
 	}
 
 	fifo := filepath.Join(t.TempDir(), "fifo")
@@ -111,7 +114,7 @@ func TestReadKeyFile(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b, err := ReadKeyFile(tt.path, tt.uid)
 			if err == nil {
-				t.Fatalf("accepted: %d bytes", len(b))
+				t.Fatalf("accepted: %d bytes", b.Len())
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %q does not say %q", err, tt.want)

@@ -41,12 +41,18 @@
 // ignored.
 //
 // Errors are non-2xx with {"code": "...", "message": "..."}: 400
-// bad-request (not a JSON object with a token string or a generation, bad
-// ?after), 404
-// not-found, 405 method-not-allowed (with Allow), 413 too-large, 429
-// rate-limited or too-many-connections (with Retry-After), 409
-// wrong-generation (a refetch slot for another key generation), 503
-// key-unavailable (verifyd cannot judge this token).
+// bad-request (not a JSON object with one non-empty token string or a
+// generation, bad ?after), 404 not-found, 405 method-not-allowed (with
+// Allow), 409 wrong-generation (a refetch slot for another key generation),
+// 413 too-large, 429 rate-limited or too-many-connections (with
+// Retry-After), 503 key-unavailable (verifyd cannot judge this token). A
+// request that is not HTTP/1.1 as verifyd reads it (package
+// internal/localapi) gets 400, 417, 431, 501 or 505 and its connection
+// closed.
+//
+// A request carries a token: the client writes it from a buffer it zeroes
+// once written, and verifyd reads it into buffers it zeroes before it
+// answers; neither side lets net/http buffer it.
 //
 // The generation is 1 when verifyd starts and goes up by one whenever its
 // set of signing keys changes; a restarted verifyd starts again at 1.

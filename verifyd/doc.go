@@ -62,9 +62,10 @@
 // name; the pool key file is the key POOL (a file named POOL in the password
 // directory is ignored when the pool key file is elsewhere, as in HTCondor).
 // Derived keys live only in locked memory (package keyset, secmem) and are
-// zeroed when replaced or removed and when Serve returns; raw file bytes are
-// zeroed right after deriving. Files are read at start and again after file
-// events, never per request.
+// zeroed when replaced or removed and when Serve returns; key files are
+// read into locked memory and wiped right after deriving, and the HKDF key
+// and HMAC pads live in locked memory too (package token). Files are read
+// at start and again after file events, never per request.
 //
 // The generation is 1 after New and goes up by one whenever the set of
 // derived keys changes: a key added, removed, or replaced with different
@@ -108,6 +109,17 @@
 // wrong-generation: the agent checks its token again with the current
 // generation and asks again. Without verifyd, or with an older one (404),
 // agents spread their fetches with random jitter.
+//
+// # Tokens in memory
+//
+// verifyd serves its socket with localapi.Serve, which reads and writes the
+// HTTP itself: a request is read into the connection's buffer and its body
+// copied into one of the request's own; the handler copies the body once
+// more (localapi.ReadBody) and decodes the token once, into a buffer of its
+// own (tokenField); the signature is decoded into locked memory. Every one
+// of these is zeroed before the answer is written, so nothing of a token is
+// left once verifyd has answered (cmd/tokend's TestNoTokenLeftInVerifydMemory
+// scans for it). Only the decoded claims, which are not secret, may linger.
 //
 // # Abuse
 //

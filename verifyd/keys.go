@@ -9,6 +9,7 @@ import (
 	"github.com/tokend/tokend/internal/keyset"
 	"github.com/tokend/tokend/internal/keywatch"
 	"github.com/tokend/tokend/internal/safepath"
+	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )
 
@@ -37,7 +38,7 @@ func (s *Server) readKeys() (*keyset.Set, error) {
 // safe-path rule first (a symlink is followed only through what root or
 // condor alone can change), then as a key file. Its errors say how to fix
 // the file and hold no key bytes.
-func (s *Server) readKey(path string) ([]byte, error) {
+func (s *Server) readKey(path string) (*secmem.Buffer, error) {
 	resolved, err := safepath.File(path, safepath.Condor(s.owner))
 	if err != nil {
 		return nil, err

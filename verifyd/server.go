@@ -1,7 +1,6 @@
 package verifyd
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -18,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/condor"
@@ -270,28 +271,16 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	defer func() { cancel(); <-watchDone }()
 
 	// Request contexts end with ctx, so long polls answer at shutdown.
-	hs := localapi.NewServer(ctx, s, s.log)
-	hs.ReadHeaderTimeout = s.readHeaderTimeout
-	hs.ReadTimeout = readTimeout
-	hs.WriteTimeout = max(writeTimeout, s.pollTimeout+10*time.Second)
-	errc := make(chan error, 1)
-	go func() {
-		errc <- hs.Serve(localapi.NewListener(l, localapi.Limits{PerUID: maxConnsPerUID, Total: maxConns}, s.log))
-	}()
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	sctx, scancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer scancel()
-	if hs.Shutdown(sctx) != nil {
-		hs.Close()
-	}
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	// localapi.Serve reads and writes the HTTP itself, with buffers it
+	// zeroes: a token leaves nothing behind once it is answered.
+	return localapi.Serve(ctx, localapi.NewListener(l, localapi.Limits{PerUID: maxConnsPerUID, Total: maxConns}, s.log), s, localapi.ServeOptions{
+		ReadHeaderTimeout: s.readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      max(writeTimeout, s.pollTimeout+10*time.Second),
+		MaxBodyBytes:      verifyapi.MaxRequestBytes,
+		ShutdownTimeout:   shutdownTimeout,
+		Log:               s.log,
+	})
 }
 
 // unknownUID is the rate-limit bucket of a request whose peer is not known
@@ -357,32 +346,94 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// tokenField returns the bytes of the "token" string of a JSON object. A
-// token needs no JSON escapes, so the usual case copies the bytes once and
-// never makes a string the server cannot zero.
+// tokenField returns the bytes of the "token" string of a JSON object, in
+// a buffer of their own that the caller zeroes: the only copy. (json hands
+// tokenString.UnmarshalJSON a slice of body itself, and the JSON escapes a
+// token never needs are decoded here, not into a string.)
 func tokenField(body []byte) ([]byte, bool) {
 	var req struct {
-		Token json.RawMessage `json:"token"`
+		Token tokenString `json:"token"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	err := json.Unmarshal(body, &req)
+	if b := req.Token.b; err != nil || len(b) == 0 {
+		clear(b)
 		return nil, false
 	}
-	v := req.Token
-	defer clear(v)
-	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
-		return nil, false
+	return req.Token.b, true
+}
+
+// tokenString decodes a JSON string into a buffer of its own.
+type tokenString struct{ b []byte }
+
+func (t *tokenString) UnmarshalJSON(data []byte) error {
+	switch {
+	case t.b != nil:
+		return errors.New("the token is given twice")
+	case len(data) < 2 || data[0] != '"':
+		return errors.New("the token is not a string")
 	}
-	if inner := v[1 : len(v)-1]; bytes.IndexByte(inner, '\\') < 0 {
-		if len(inner) == 0 {
-			return nil, false
+	t.b = unescape(data[1 : len(data)-1])
+	return nil
+}
+
+// unescape decodes the content of a JSON string that json has checked, as
+// json would, into a buffer of len(s) bytes: never grown, so never copied.
+func unescape(s []byte) []byte {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' {
+			out = append(out, c)
+			continue
 		}
-		return append([]byte(nil), inner...), true
+		i++
+		switch c = s[i]; c {
+		case 'b':
+			out = append(out, '\b')
+		case 'f':
+			out = append(out, '\f')
+		case 'n':
+			out = append(out, '\n')
+		case 'r':
+			out = append(out, '\r')
+		case 't':
+			out = append(out, '\t')
+		case 'u':
+			r := hex4(s[i+1 : i+5])
+			i += 4
+			if utf16.IsSurrogate(r) {
+				dec := utf8.RuneError
+				if i+6 < len(s) && s[i+1] == '\\' && s[i+2] == 'u' {
+					dec = utf16.DecodeRune(r, hex4(s[i+3:i+7]))
+				}
+				if dec != utf8.RuneError {
+					i += 6
+				}
+				r = dec
+			}
+			out = utf8.AppendRune(out, r)
+		default: // '"', '\\', '/'
+			out = append(out, c)
+		}
 	}
-	var s string
-	if err := json.Unmarshal(v, &s); err != nil || s == "" {
-		return nil, false
+	return out
+}
+
+// hex4 reads four hex digits that json has checked.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
 	}
-	return []byte(s), true
+	return r
 }
 
 // verdict is what check found. Only with cannotTell and unusable both ""

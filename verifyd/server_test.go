@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -317,6 +318,32 @@ func TestVerifyBody(t *testing.T) {
 		got, ok := tokenField(b)
 		if !ok || string(got) != strings.ToValidUTF8(raw, "\ufffd") {
 			t.Errorf("%q: body %s decodes to %q, %v", raw, b, got, ok)
+		}
+	}
+}
+
+// TestTokenField: the token is decoded as json decodes a string, escapes
+// included, into its own buffer; a token given twice, or not as a
+// non-empty string, is refused.
+func TestTokenField(t *testing.T) {
+	for _, in := range []string{
+		`"a.b.c"`, `"\u0041.b.c"`, `"\/\"\\\b\f\n\r\t"`, `"\ud83d\ude00"`, `"\ud800"`, `"\ud800\u0041"`,
+		`"\udc00\ud800x"`, `"x\ud83d"`, `"é€😀"`, `"\u00e9\u20AC"`,
+	} {
+		var want string
+		if err := json.Unmarshal([]byte(in), &want); err != nil {
+			t.Fatal(err)
+		}
+		for _, body := range []string{`{"token":` + in + `}`, ` { "other": [1, {"token": 2}], "Token" : ` + in + ` } `} {
+			got, ok := tokenField([]byte(body))
+			if !ok || string(got) != want {
+				t.Errorf("%s: %q, %v; want %q", body, got, ok, want)
+			}
+		}
+	}
+	for _, body := range []string{`{"token":"a","token":"b"}`, `{"token":"a","TOKEN":"a"}`, `{"token":""}`, `{"token":null}`, `{"token":["a"]}`, `{}`, `{"token":"a"`} {
+		if got, ok := tokenField([]byte(body)); ok {
+			t.Errorf("%s: accepted as %q", body, got)
 		}
 	}
 }

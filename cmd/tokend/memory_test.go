@@ -158,28 +158,39 @@ func describe(tokens [][]byte, needle string) string {
 }
 
 // keyNeedles is the key material of the POOL key in dir, as the agent
-// handles it when it checks a token or signs one: the file, its
-// unscrambled bytes, the HKDF pseudorandom key, the derived key, and for
-// the two HMAC keys among them (the PRK, the derived key) the padded
-// blocks and the SHA-256 states after each, in both byte orders.
+// handles it when it checks a token or signs one (see keyMaterial).
 func keyNeedles(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
 	file, err := os.ReadFile(filepath.Join(dir, token.PoolKeyName))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return keyMaterial(t, "key", token.PoolKeyName, file)
+}
+
+// keyMaterial is what deriving kid's key from a key file and computing
+// HMACs with it puts in memory, each needle named with prefix: the file,
+// its unscrambled bytes, the HKDF pseudorandom key, the derived key, and
+// for the two HMAC keys among them (the PRK, the derived key) the padded
+// blocks and the SHA-256 states after each, in both byte orders.
+func keyMaterial(t *testing.T, prefix, kid string, file []byte) map[string][]byte {
+	t.Helper()
 	k := token.Unscramble(file)
-	prk, err := hkdf.Extract(sha256.New, append(bytes.Clone(k), k...), []byte("htcondor"))
+	ikm := k
+	if kid == token.PoolKeyName {
+		ikm = append(bytes.Clone(k), k...)
+	}
+	prk, err := hkdf.Extract(sha256.New, ikm, []byte("htcondor"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := map[string][]byte{
-		"key file":        file,
-		"key unscrambled": k,
-		"key hkdf prk":    prk,
-		"key derived":     token.DeriveKey(token.PoolKeyName, file),
+		prefix + " file":        file,
+		prefix + " unscrambled": k,
+		prefix + " hkdf prk":    prk,
+		prefix + " derived":     token.DeriveKey(kid, file),
 	}
-	for _, name := range []string{"key hkdf prk", "key derived"} {
+	for _, name := range []string{prefix + " hkdf prk", prefix + " derived"} {
 		for pad, c := range map[string]byte{"ipad": 0x36, "opad": 0x5c} {
 			block := make([]byte, sha256.BlockSize)
 			copy(block, n[name])
@@ -208,14 +219,45 @@ func keyNeedles(t *testing.T, dir string) map[string][]byte {
 // scan searches the agent's memory (pid) for every needle.
 func (e *env) scan(pid int, needles map[string][]byte) []memscan.Hit {
 	e.t.Helper()
-	hits, unread, err := memscan.Scan(pid, needles)
-	if err != nil {
-		e.t.Fatalf("scanning the agent's memory: %v", err)
-	}
-	for _, m := range unread {
-		if m.Name != "[vvar]" && m.Name != "[vvar_vclock]" && m.Name != "[vsyscall]" {
-			e.t.Fatalf("could not read the agent's mapping %s", m)
-		}
+	return scanProcess(e.t, "the agent", pid, needles)
+}
+
+// scanProcess searches the memory of what (pid) for every needle. The
+// scan must be whole.
+func scanProcess(t *testing.T, what string, pid int, needles map[string][]byte) []memscan.Hit {
+	t.Helper()
+	hits, unread := tryScan(t, what, pid, needles)
+	if unread != nil {
+		t.Fatalf("could not read %s's mapping %s", what, *unread)
 	}
 	return hits
+}
+
+// tryScan searches the memory of what (pid) for every needle. unread is a
+// mapping that could not be read and is still there (nil when the scan was
+// whole): memory mapped and unmapped while the scan runs (secmem buffers)
+// can make a scan miss parts of a mapping.
+func tryScan(t *testing.T, what string, pid int, needles map[string][]byte) (hits []memscan.Hit, unread *memscan.Mapping) {
+	t.Helper()
+	hits, failed, err := memscan.Scan(pid, needles)
+	if err != nil {
+		t.Fatalf("scanning %s's memory: %v", what, err)
+	}
+	if len(failed) == 0 {
+		return hits, nil
+	}
+	now, err := memscan.Maps(pid)
+	if err != nil {
+		t.Fatalf("scanning %s's memory: %v", what, err)
+	}
+	for _, m := range failed {
+		if m.Name == "[vvar]" || m.Name == "[vvar_vclock]" || m.Name == "[vsyscall]" {
+			continue
+		}
+		// Gone, with what it held, unless something overlaps it now.
+		if slices.ContainsFunc(now, func(n memscan.Mapping) bool { return n.Start < m.End && m.Start < n.End }) {
+			return hits, &m
+		}
+	}
+	return hits, nil
 }

@@ -84,6 +84,7 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if err := harden(); err != nil {
 		log.Warn("cannot harden the process against memory inspection", "error", err)
 	}
+	secmem.SetWarn(func(err error) { log.Warn(err.Error()) })
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -8,8 +8,10 @@
 // both take a new one only once it has settled (keywatch.Settled, with
 // [Same]).
 //
-// A Set never hands out a key file's bytes: they are zeroed as soon as the
-// key is derived. Derived keys are compared in constant time.
+// A Set never hands out a key file's bytes: they are read into locked
+// memory and wiped as soon as the key is derived there (token.DeriveLocked:
+// the unscrambled bytes, the HKDF key and the HMAC pads never leave locked
+// memory either). Derived keys are compared in constant time.
 package keyset
 
 import (
@@ -37,10 +39,11 @@ type Options struct {
 	Owner int
 	// Max bounds the keys held; 0 means DefaultMax.
 	Max int
-	// Read reads one key file; nil means token.ReadKeyFile(path, Owner).
-	// Its errors say what to fix and hold no key bytes; one wrapping
-	// fs.ErrNotExist means there is no such file.
-	Read func(path string) ([]byte, error)
+	// Read reads one key file into a secmem buffer, which Load wipes; nil
+	// means token.ReadKeyFile(path, Owner). Its errors say what to fix
+	// and hold no key bytes; one wrapping fs.ErrNotExist means there is
+	// no such file.
+	Read func(path string) (*secmem.Buffer, error)
 }
 
 // Problem is a key file left out of a Set, for the caller's log. Kid is ""
@@ -85,7 +88,7 @@ func Load(o Options) (*Set, error) {
 	}
 	read := o.Read
 	if read == nil {
-		read = func(path string) ([]byte, error) { return token.ReadKeyFile(path, o.Owner) }
+		read = func(path string) (*secmem.Buffer, error) { return token.ReadKeyFile(path, o.Owner) }
 	}
 	s := &Set{keys: map[string]*secmem.Buffer{}, unusable: map[string]string{}, pool: pool}
 	unusable := func(path, kid, msg string) {
@@ -105,21 +108,14 @@ func Load(o Options) (*Set, error) {
 			unusable(path, kid, err.Error())
 			return
 		}
-		key := token.DeriveKey(kid, file)
-		clear(file)
-		if key == nil {
-			unusable(path, kid, "cannot derive a key from "+path)
-			return
-		}
+		defer file.Wipe()
 		if len(s.keys) >= maxKeys {
-			clear(key)
 			unusable(path, kid, fmt.Sprintf("more than %d key files in %s; this one is left out", maxKeys, dir))
 			return
 		}
-		b, err := secmem.From(key)
-		clear(key)
+		b, err := token.DeriveLocked(kid, file.Bytes())
 		if err != nil {
-			unusable(path, kid, fmt.Sprintf("cannot hold the key of %s in memory: %v", path, err))
+			unusable(path, kid, fmt.Sprintf("cannot derive the key of %s in locked memory: %v", path, err))
 			return
 		}
 		s.keys[kid] = b

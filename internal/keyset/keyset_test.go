@@ -175,7 +175,7 @@ func TestMaxAndRead(t *testing.T) {
 	// Read decides what a file holds (verifyd adds HTCondor's safe-path
 	// rule there).
 	var read []string
-	s = load(t, Options{Dir: dir, Read: func(path string) ([]byte, error) {
+	s = load(t, Options{Dir: dir, Read: func(path string) (*secmem.Buffer, error) {
 		read = append(read, filepath.Base(path))
 		if filepath.Base(path) == "B" {
 			return nil, errors.New("not safe")

@@ -15,6 +15,13 @@
 // send, and turn an error answer back into an [*Error]. Each service's typed
 // client builds on it and rebuilds its own typed errors.
 //
-// The transport is HTTP/1.1 (net/http) for now; only Do and the server
-// construction in this package know it.
+// The transport is HTTP/1.1, so that clients and servers of earlier
+// releases keep talking to today's. Requests may carry secrets (a token
+// sent to verifyd), so they are never buffered by net/http: [Client.Do]
+// writes each request whole from one buffer it zeroes, and [Serve], which
+// verifyd runs, reads requests and writes answers itself with buffers it
+// zeroes before it answers (see wire.go for the HTTP it reads). Answers
+// carry no secret: the client reads them with http.ReadResponse, and the
+// agent's control API, whose requests carry none either, is served by
+// net/http ([NewServer]).
 package localapi
