@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/tokend/tokend/internal/testenv"
 )
 
 const stranger = 54329 // a uid and gid nobody trusts
@@ -127,9 +129,7 @@ func TestFileRefused(t *testing.T) {
 
 // What only root can set up: owners and groups nobody trusts.
 func TestFileOwners(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it gives files and directories to another uid")
-	}
+	testenv.RequireRoot(t, "it gives files and directories to another uid")
 	base, trust := tree(t)
 	keys := filepath.Join(base, "keys")
 	chown := func(rel string, uid, gid int) {
