@@ -678,7 +678,10 @@ func manyKeys(n int) string {
 	return b.String()
 }
 
-// Hostile files are refused quickly and with a bounded error message.
+// Hostile files are refused with a bounded error message. (How fast is not
+// asserted here: a wall-clock limit fails on a loaded machine. The work is
+// bounded by construction: the file size cap, and suggestions for at most
+// ten unknown keys.)
 func TestHostileFiles(t *testing.T) {
 	tests := []struct{ name, content, want string }{
 		{"deep arrays", "a = " + strings.Repeat("[", MaxFileBytes-10), "nested more than 16 deep"},
@@ -695,7 +698,6 @@ func TestHostileFiles(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "c.toml")
 			write(t, path, tt.content)
-			start := time.Now()
 			_, err := Load(path)
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
@@ -705,9 +707,6 @@ func TestHostileFiles(t *testing.T) {
 			}
 			if len(err.Error()) > 4096 {
 				t.Errorf("error is %d bytes long", len(err.Error()))
-			}
-			if d := time.Since(start); d > 5*time.Second {
-				t.Errorf("Load took %v", d)
 			}
 		})
 	}

@@ -383,6 +383,9 @@ func TestNoSecretsLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 5*time.Second, "the rotation", func() bool { return ts.reason(t, f.tExtra) == token.Valid })
+	// The change is logged as the new keys go in, which may come just after
+	// the generation moves.
+	testenv.Eventually(t, 5*time.Second, "the key change in the log", func() bool { return strings.Contains(ts.logs.String(), "signing keys changed") })
 	for _, tok := range tokens {
 		post(tok)
 	}

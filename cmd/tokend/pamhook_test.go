@@ -181,6 +181,7 @@ func TestPamUserEnvironment(t *testing.T) {
 // SSSD or LDAP) logs in through the launcher: tokend, linked dynamically,
 // finds them and starts their agent.
 func TestPamNSSUser(t *testing.T) {
+	testenv.RequireRoot(t, "it adds a user to the NSS module's files and logs in through PAM")
 	if _, err := exec.Command("dpkg-query", "-W", "libnss-extrausers").Output(); err != nil {
 		t.Fatal("libnss-extrausers is missing: apt-get install -y libnss-extrausers (.ci/setup does)")
 	}
