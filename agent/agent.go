@@ -150,6 +150,9 @@ func newAgent(o Options) (*Agent, error) {
 		MaxNameLen:  cfg.Limits.MaxNameLen,
 	})
 	a.store.OnChange(func(store.Change) { poke(a.changed) })
+	// The store says when the bound or a shortage of locked memory zeroes a
+	// remembered token.
+	a.store.SetLogger(a.log.With("component", "store"))
 	// Short of locked memory, live tokens come before remembered ones.
 	secmem.SetReclaim(a.store.ReclaimOne)
 	return a, nil

@@ -97,10 +97,14 @@ func (s *Store) takeNameLocked(name string) []Info {
 	return hidden
 }
 
+// oldestInvisibleLocked is the file to evict for room: the least recently
+// changed of those not shown. A file that still holds remembered tokens is
+// never evicted: making room for a new name (a create that may yet be
+// refused) must not zero a token that may come back.
 func (s *Store) oldestInvisibleLocked() *file {
 	var victim *file
 	for _, f := range s.byName {
-		if !f.visible() && (victim == nil || f.changed < victim.changed) {
+		if !f.visible() && !f.anyRemembered() && (victim == nil || f.changed < victim.changed) {
 			victim = f
 		}
 	}

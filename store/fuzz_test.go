@@ -611,11 +611,16 @@ func (h *harness) step(in *input) {
 	case opMissed:
 		r, l := h.pickRemembered(in)
 		epoch := uint64(in.next(4))
-		zeroed := l != nil && epoch > l.epoch && l.misses == 1
+		// A not-yet-valid token that misses becomes a rotated-key one,
+		// hidden at this epoch with no miss yet.
+		nyv := l != nil && l.reason != token.RotatedKey
+		zeroed := l != nil && !nyv && epoch > l.epoch && l.misses == 1
 		if got := h.s.Missed(r.ID, epoch); got != zeroed {
 			t.Fatalf("Missed(%d, %d) = %v, want %v", r.ID, epoch, got, zeroed)
 		}
 		switch {
+		case nyv:
+			l.reason, l.epoch, l.misses = token.RotatedKey, epoch, 0
 		case l == nil || epoch <= l.epoch:
 		case zeroed:
 			l.state = lineGone

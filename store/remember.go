@@ -84,6 +84,11 @@ func (s *Store) Restore(id uint64) bool {
 // epoch. Only a later epoch than the one it was hidden at or last missed at
 // counts; the second miss zeroes it. It reports whether the token was
 // zeroed.
+//
+// A token remembered as not yet valid whose time came and whose signature
+// does not verify is from then on a rotated-key one, hidden at this epoch
+// with no miss yet: it gets the same two key changes as any other, and
+// "cannot tell" never brings it back as a not-yet-valid one would be.
 func (s *Store) Missed(id uint64, epoch uint64) (zeroed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -92,6 +97,11 @@ func (s *Store) Missed(id uint64, epoch uint64) (zeroed bool) {
 		return false
 	}
 	l := &f.lines[i]
+	if l.reason != token.RotatedKey {
+		l.reason, l.rec.reason = token.RotatedKey, token.RotatedKey
+		l.epoch, l.misses = epoch, 0
+		return false
+	}
 	if epoch <= l.epoch {
 		return false
 	}

@@ -355,6 +355,52 @@ func TestMissedTwiceZeroes(t *testing.T) {
 	}
 }
 
+// A not-yet-valid token whose time came and whose signature then does not
+// verify counts as rotated-key from that key change on, with two key
+// changes to go, as any other.
+func TestMissedNotYetValidBecomesRotated(t *testing.T) {
+	checkLeaks(t)
+	s := New(Limits{})
+	defer s.Close()
+	s.Put("f", lines(tok(t, "a@x", time.Hour)), nil)
+	id := idOf(t, s, "f", "a@x")
+	s.Hide(id, token.NotYetValid, 0)
+	for _, step := range []struct {
+		epoch  uint64
+		zeroed bool
+		misses int
+	}{{2, false, 0}, {2, false, 0}, {3, false, 1}, {4, true, 0}} {
+		if got := s.Missed(id, step.epoch); got != step.zeroed {
+			t.Fatalf("Missed(epoch %d) = %v", step.epoch, got)
+		}
+		if rs := s.Remembered(); !step.zeroed && (len(rs) != 1 || rs[0].Reason != token.RotatedKey || rs[0].Misses != step.misses) {
+			t.Fatalf("after epoch %d: %+v, want rotated-key with %d misses", step.epoch, rs, step.misses)
+		}
+	}
+}
+
+// Making room for a new file at the file limit never zeroes remembered
+// tokens: their file is not shown, but it is not evicted either.
+func TestRoomNeverEvictsRemembered(t *testing.T) {
+	checkLeaks(t)
+	s := New(Limits{MaxFiles: 3})
+	defer s.Close()
+	s.Put("kept", lines(tok(t, "a@x", time.Hour)), nil)
+	id := idOf(t, s, "kept", "a@x")
+	s.Hide(id, token.RotatedKey, 1)
+	s.Put("b", lines(tok(t, "b@x", time.Hour)), nil)
+	s.Put("c", lines(tok(t, "c@x", time.Hour)), nil)
+	if _, err := s.Create("new"); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("Create at the limit with only a remembered file to evict: %v, want ErrTooMany", err)
+	}
+	if rs := s.Remembered(); len(rs) != 1 || rs[0].ID != id {
+		t.Fatalf("remembered after the refused create: %+v", rs)
+	}
+	if !s.Restore(id) {
+		t.Fatal("the remembered token cannot come back")
+	}
+}
+
 // bigTok returns a token of about n bytes.
 func bigTok(t *testing.T, sub string, n int) []byte {
 	t.Helper()

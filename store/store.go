@@ -212,6 +212,16 @@ func (f *file) anyShown() bool {
 	return false
 }
 
+// anyRemembered reports whether a token line of f is hidden and remembered.
+func (f *file) anyRemembered() bool {
+	for i := range f.lines {
+		if f.lines[i].rec != nil {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *file) attr() Attr {
 	return Attr{Ino: f.ino, Size: len(f.bytes()), Mtime: f.mtime, Pending: f.pending}
 }
