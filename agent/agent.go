@@ -152,7 +152,7 @@ func newAgent(o Options) (*Agent, error) {
 	a.store.OnChange(func(store.Change) { poke(a.changed) })
 	// The store says when the bound or a shortage of locked memory zeroes a
 	// remembered token.
-	a.store.SetLogger(a.log.With("component", "store"))
+	a.store.SetLogger(a.log)
 	// Short of locked memory, live tokens come before remembered ones.
 	secmem.SetReclaim(a.store.ReclaimOne)
 	return a, nil
