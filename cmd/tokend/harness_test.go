@@ -5,10 +5,7 @@ package main
 // user (the CLI, condorsim), as another user, and as root.
 
 import (
-	"bytes"
-	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -17,13 +14,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
+	"github.com/tokend/tokend/internal/testenv/proc"
+	"github.com/tokend/tokend/internal/testenv/wire"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
@@ -38,9 +37,8 @@ type env struct {
 	keys        string
 	dir, sock   string
 	config      string
-	agentEnv    []string // more environment for the agent
-	agent       *exec.Cmd
-	done        chan error
+	agentEnv    []string   // more environment for the agent
+	agent       *proc.Proc // nil when none runs
 	log         *syncbuf.Buffer
 	secrets     [][]byte // every token seen, to be searched for in logs
 }
@@ -102,23 +100,20 @@ func (e *env) writeFile(p, data string, mode os.FileMode) {
 // as a site would roll out a new POOL).
 func (e *env) writeKey(name string) {
 	e.t.Helper()
-	key := make([]byte, 64)
-	rand.Read(key)
-	tmp := filepath.Join(e.keys, "."+name+".new")
-	e.writeFile(tmp, string(token.Scramble(key)), 0o600)
-	if err := os.Rename(tmp, filepath.Join(e.keys, name)); err != nil {
-		e.t.Fatal(err)
-	}
+	e.setUserKey(name, keys.NewFile())
 }
 
 // sign makes a token with the pool key, as the schedd would.
 func (e *env) sign(sub string, life time.Duration, authz ...string) []byte {
 	e.t.Helper()
-	key, err := token.KeyDir{Dir: e.keys, WantUID: -1}.Key(token.PoolKeyName)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	return e.signClaims(e.keys, token.PoolKeyName, token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()})
+}
+
+// signClaims makes a token with key kid of the key directory dir; the token
+// is remembered as a secret the logs must not hold.
+func (e *env) signClaims(dir, kid string, c token.Claims) []byte {
+	e.t.Helper()
+	tok, err := keys.SignFrom(dir, kid, c)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -137,25 +132,18 @@ func (e *env) start() {
 // launch starts the agent as the user without waiting for it.
 func (e *env) launch() {
 	e.t.Helper()
-	e.log = &syncbuf.Buffer{}
-	e.agent = testenv.Command(e.u, e.bin, "agent", "--config", e.config)
-	e.agent.Env = append(e.agent.Env, e.agentEnv...)
-	e.agent.Stdout, e.agent.Stderr = e.log, e.log
-	if err := e.agent.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.done = make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(e.agent, e.done)
+	cmd := testenv.Command(e.u, e.bin, "agent", "--config", e.config)
+	cmd.Env = append(cmd.Env, e.agentEnv...)
+	e.launchCmd(cmd)
 }
 
 func (e *env) waitReady() {
 	e.t.Helper()
 	testenv.Eventually(e.t, 20*time.Second, "the agent to mount and hold a session token", func() bool {
-		select {
-		case err := <-e.done:
+		if e.agent.Exited() {
+			err := e.agent.Err()
 			e.agent = nil
 			e.t.Fatalf("the agent exited early (%v):\n%s", err, e.log)
-		default:
 		}
 		st, err := e.status()
 		return err == nil && st.Mounted && st.Session.State == api.SessionValid
@@ -188,18 +176,11 @@ func (e *env) runAsEnv(u testenv.User, env []string, stdin, bin string, args ...
 	e.t.Helper()
 	cmd := testenv.Command(u, bin, args...)
 	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
+	r, err := proc.Run(cmd, stdin)
+	if err != nil {
 		e.t.Fatal(err)
 	}
-	return out.String(), errb.String(), code
+	return r.Stdout, r.Stderr, r.Code
 }
 
 // sim runs condorsim as u and decodes its JSON output into out.
@@ -214,21 +195,10 @@ func (e *env) sim(u testenv.User, out any, stdin string, args ...string) {
 	}
 }
 
-type simFile struct {
-	Path   string   `json:"path"`
-	Tokens []string `json:"tokens"`
-	Err    string   `json:"err"`
-}
-
-type simRead struct {
-	Files []simFile `json:"files"`
-	Pick  string    `json:"pick"`
-}
-
 // read runs the HTCondor read sequence as the user.
-func (e *env) read() simRead {
+func (e *env) read() wire.Read {
 	e.t.Helper()
-	var r simRead
+	var r wire.Read
 	e.sim(e.u, &r, "", "read", e.dir)
 	for _, f := range r.Files {
 		for _, t := range f.Tokens {
@@ -241,7 +211,7 @@ func (e *env) read() simRead {
 // write runs write_out_token as the user and returns the errno name ("" for success).
 func (e *env) write(how, name string, tok []byte) string {
 	e.t.Helper()
-	var r struct{ Errno string }
+	var r wire.Write
 	e.sim(e.u, &r, string(tok), how, e.dir, name)
 	return r.Errno
 }
@@ -281,8 +251,7 @@ func (e *env) waitLog(subs ...string) {
 // kill SIGKILLs the agent, leaving its mount behind.
 func (e *env) kill() {
 	e.t.Helper()
-	syscall.Kill(e.agent.Process.Pid, syscall.SIGKILL)
-	<-e.done
+	e.agent.Kill()
 	e.agent = nil
 }
 
@@ -292,16 +261,8 @@ func (e *env) stop() {
 	if e.agent == nil {
 		return
 	}
-	e.agent.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-e.done:
-		if err != nil {
-			e.t.Errorf("agent exit after SIGTERM: %v\n%s", err, e.log)
-		}
-	case <-time.After(15 * time.Second):
-		e.t.Errorf("agent did not exit within 15 s of SIGTERM")
-		e.agent.Process.Kill()
-		<-e.done
+	if err := e.agent.Stop(15 * time.Second); err != nil {
+		e.t.Errorf("agent exit after SIGTERM: %v\n%s", err, e.log)
 	}
 	e.agent = nil
 }
@@ -311,12 +272,7 @@ func (e *env) stop() {
 func (e *env) cleanup() {
 	e.stop()
 	if e.log != nil {
-		for _, s := range e.secrets {
-			sig := s[bytes.LastIndexByte(s, '.')+1:]
-			if strings.Contains(e.log.String(), string(sig)) {
-				e.t.Errorf("the agent's log holds a token")
-			}
-		}
+		e.noSecretsIn("agent's", e.log.String())
 	}
 	if mounttab.Mounted(e.dir) {
 		exec.Command("fusermount3", "-u", "-z", e.dir).Run()
