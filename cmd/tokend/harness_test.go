@@ -140,7 +140,7 @@ func (e *env) launch() {
 func (e *env) waitReady() {
 	e.t.Helper()
 	testenv.Eventually(e.t, 20*time.Second, "the agent to mount and hold a session token", func() bool {
-		if e.agent.Exited() {
+		if e.agent != nil && e.agent.Exited() {
 			err := e.agent.Err()
 			e.agent = nil
 			e.t.Fatalf("the agent exited early (%v):\n%s", err, e.log)
