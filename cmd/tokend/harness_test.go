@@ -22,7 +22,7 @@ import (
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/internal/testenv/proc"
-	"github.com/tokend/tokend/internal/testenv/wire"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
@@ -196,9 +196,9 @@ func (e *env) sim(u testenv.User, out any, stdin string, args ...string) {
 }
 
 // read runs the HTCondor read sequence as the user.
-func (e *env) read() wire.Read {
+func (e *env) read() simwire.Read {
 	e.t.Helper()
-	var r wire.Read
+	var r simwire.Read
 	e.sim(e.u, &r, "", "read", e.dir)
 	for _, f := range r.Files {
 		for _, t := range f.Tokens {
@@ -211,7 +211,7 @@ func (e *env) read() wire.Read {
 // write runs write_out_token as the user and returns the errno name ("" for success).
 func (e *env) write(how, name string, tok []byte) string {
 	e.t.Helper()
-	var r wire.Write
+	var r simwire.Write
 	e.sim(e.u, &r, string(tok), how, e.dir, name)
 	return r.Errno
 }

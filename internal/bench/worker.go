@@ -31,7 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/condor"
-	"github.com/tokend/tokend/internal/testenv/wire"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
 
 // workerFlag, as the first argument, makes this program a worker.
@@ -81,7 +81,7 @@ func writeJob(dir, prefix string, in io.Reader) error {
 
 // shownTokens runs the read sequence on dir and returns every token read.
 func shownTokens(dir string) (map[string]bool, error) {
-	r, err := wire.ReadDir(dir)
+	r, err := simwire.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,7 @@
 // tests is in subpackages that do not import testing: proc (processes run
 // as a user, stopped with a bounded wait), poll (waiting for a condition),
 // keys (key files and signed tokens), verifydproc (a verifyd run as root)
-// and wire (the JSON of condorsim and peek, and the read sequence in that
+// and simwire (the JSON of condorsim and peek, and the read sequence in that
 // form).
 //
 // Most end-to-end tests run as root (CI does, through `make test`): only root

@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/condor"
-	"github.com/tokend/tokend/internal/testenv/wire"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
 
 func main() {
@@ -35,7 +35,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "read":
-		out, err = wire.ReadDir(dir)
+		out, err = simwire.ReadDir(dir)
 	case "write", "append":
 		tok, _ := io.ReadAll(os.Stdin)
 		path := filepath.Join(dir, os.Args[3])
@@ -44,7 +44,7 @@ func main() {
 		} else {
 			err = condor.Append(path, bytes.TrimSpace(tok))
 		}
-		out = wire.Write{Errno: wire.Errno(err)}
+		out = simwire.Write{Errno: simwire.Errno(err)}
 		err = nil
 	case "access":
 		out = access(dir, os.Args[3])
@@ -60,12 +60,12 @@ func main() {
 	json.NewEncoder(os.Stdout).Encode(out)
 }
 
-func watch(dir, seconds string) (wire.Watch, error) {
+func watch(dir, seconds string) (simwire.Watch, error) {
 	d, err := time.ParseDuration(seconds + "s")
 	if err != nil {
-		return wire.Watch{}, err
+		return simwire.Watch{}, err
 	}
-	w := wire.Watch{Failures: []string{}}
+	w := simwire.Watch{Failures: []string{}}
 	seen := map[string]bool{}
 	for end := time.Now().Add(d); time.Now().Before(end); {
 		files, err := condor.Read(dir, os.Getuid())
@@ -90,10 +90,10 @@ func watch(dir, seconds string) (wire.Watch, error) {
 }
 
 // access tries every kind of operation on dir and dir/name.
-func access(dir, name string) wire.Access {
+func access(dir, name string) simwire.Access {
 	p := filepath.Join(dir, name)
-	res := wire.Access{}
-	try := func(op string, f func() error) { res[op] = wire.Errno(f()) }
+	res := simwire.Access{}
+	try := func(op string, f func() error) { res[op] = simwire.Errno(f()) }
 	try("readdir", func() error { _, err := os.ReadDir(dir); return err })
 	try("stat-dir", func() error { _, err := os.Stat(dir); return err })
 	try("stat", func() error { _, err := os.Stat(p); return err })

@@ -56,10 +56,11 @@ func Sign(file []byte, kid string, c token.Claims) ([]byte, error) {
 	return token.Sign(c, kid, key)
 }
 
-// SignFrom makes a token with claims c, signed with key file kid of dir,
-// whoever owns it.
+// SignFrom makes a token with claims c, signed with key file kid of dir.
+// The file is read as it is: the checks HTCondor makes of a key file's
+// owner and mode are the code under test's job, not the signer's.
 func SignFrom(dir, kid string, c token.Claims) ([]byte, error) {
-	file, err := token.ReadKeyFile(filepath.Join(dir, kid), -1)
+	file, err := os.ReadFile(filepath.Join(dir, kid))
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tokend/tokend/internal/testenv/wire"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
 
 func main() {
@@ -33,11 +33,11 @@ func main() {
 		os.Exit(2)
 	}
 	proc := "/proc/" + os.Args[1]
-	res := wire.Access{}
-	try := func(op string, f func() error) { res[op] = wire.Errno(f()) }
+	res := simwire.Access{}
+	try := func(op string, f func() error) { res[op] = simwire.Errno(f()) }
 
 	addr, mapsErr := readableAddr(proc + "/maps")
-	res["maps"] = wire.Errno(mapsErr)
+	res["maps"] = simwire.Errno(mapsErr)
 	try("mem", func() error {
 		f, err := os.Open(proc + "/mem")
 		if err != nil {

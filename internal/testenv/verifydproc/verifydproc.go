@@ -28,8 +28,12 @@ type Proc struct {
 	Sock   string          // its socket
 	Config string          // its (empty) configuration file
 	Log    *syncbuf.Buffer // every run's output, appended
-	p      *proc.Proc      // the running process; nil when stopped
-	starts int
+	// TrustDomain, when set, is passed as --trust-domain; Env is added to
+	// verifyd's environment (this process's).
+	TrustDomain string
+	Env         []string
+	p           *proc.Proc // the running process; nil when stopped
+	starts      int
 }
 
 // New prepares a verifyd of the tokend binary bin under the directory root
@@ -63,7 +67,12 @@ func (v *Proc) Start(timeout time.Duration) error {
 	}
 	v.starts++
 	v.Log.Write([]byte("--- verifyd start " + strconv.Itoa(v.starts) + " ---\n"))
-	cmd := exec.Command(v.Bin, "verifyd", "--config", v.Config, "--socket", v.Sock, "--password-dir", v.Keys)
+	args := []string{"verifyd", "--config", v.Config, "--socket", v.Sock, "--password-dir", v.Keys}
+	if v.TrustDomain != "" {
+		args = append(args, "--trust-domain", v.TrustDomain)
+	}
+	cmd := exec.Command(v.Bin, args...)
+	cmd.Env = append(os.Environ(), v.Env...)
 	p, err := proc.Start(cmd, v.Log)
 	if err != nil {
 		return err

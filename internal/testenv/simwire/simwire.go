@@ -1,7 +1,7 @@
-// Package wire is the JSON the test tools print (condorsim, peek) and
+// Package simwire is the JSON the test tools print (condorsim, peek) and
 // their callers read (the end-to-end tests), and the read sequence's
 // outcome in that form, which the benchmark's worker uses too.
-package wire
+package simwire
 
 import (
 	"errors"
