@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/secmem"
 )
 
@@ -63,22 +64,7 @@ func vector(tb testing.TB, name string) []byte {
 func keyDir(t *testing.T, folder string) KeyDir {
 	t.Helper()
 	dst := t.TempDir()
-	ents, err := os.ReadDir(filepath.Join(testdata, folder))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".jwt") {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(testdata, folder, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.CopyKeys(t, filepath.Join(testdata, folder), dst)
 	return KeyDir{Dir: dst, WantUID: os.Getuid()}
 }
 

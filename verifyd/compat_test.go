@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/internal/testenv/wirev1"
 	"github.com/tokend/tokend/token"
 )
@@ -43,8 +44,8 @@ func TestPreviousReleaseClient(t *testing.T) {
 		"malformed":                {[]byte("not.a.token"), token.Malformed},
 		"expired":                  {signAs(t, "example.org", "POOL", f.oldPool, now.Add(-3*time.Hour), time.Hour), token.Expired},
 		"past SEC_TOKEN_MAX_AGE":   {signAs(t, "example.org", "POOL", f.oldPool, now.Add(-2*time.Hour), 24*time.Hour), token.Expired},
-		"another issuer, POOL":     {signAs(t, "other.example", "POOL", randomKeyFile(t), now, time.Hour), token.Valid},
-		"another issuer, no file":  {signAs(t, "other.example", "NONE", randomKeyFile(t), now, time.Hour), token.Valid},
+		"another issuer, POOL":     {signAs(t, "other.example", "POOL", keys.NewFile(), now, time.Hour), token.Valid},
+		"another issuer, no file":  {signAs(t, "other.example", "NONE", keys.NewFile(), now, time.Hour), token.Valid},
 		"another issuer, rotated":  {signAs(t, "other.example", "AP", f.newAP, now, time.Hour), token.Valid},
 		"another issuer, very old": {signAs(t, "other.example", "POOL", f.oldPool, now.Add(-48*time.Hour), 0), token.Valid},
 	} {

@@ -3,7 +3,6 @@ package verifyd
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/tokend/tokend/internal/localapi"
 	"github.com/tokend/tokend/internal/syncbuf"
+	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -40,16 +41,7 @@ func sockDir(t testing.TB) string {
 // 0600 (git does not keep modes).
 func copyKeys(t testing.TB, folder, dst string) {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(vectorsDir, folder))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".jwt") {
-			continue
-		}
-		writeKey(t, filepath.Join(dst, e.Name()), keyFile(t, folder, e.Name()))
-	}
+	testenv.CopyKeys(t, filepath.Join(vectorsDir, folder), dst)
 }
 
 func keyFile(t testing.TB, folder, name string) []byte {
@@ -61,27 +53,18 @@ func keyFile(t testing.TB, folder, name string) []byte {
 	return b
 }
 
+// writeKey writes a key file in place, mode 0600.
 func writeKey(t testing.TB, path string, b []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	if err := keys.Write(path, b); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func randomKeyFile(t testing.TB) []byte {
-	b := make([]byte, 64)
-	rand.Read(b)
-	return b
 }
 
 // sign makes a token for kid signed with the key derived from file.
 func sign(t testing.TB, kid string, file []byte, lifetime time.Duration) []byte {
 	t.Helper()
-	key := token.DeriveKey(kid, file)
-	tok, err := token.Sign(token.Claims{Issuer: "example.org", Subject: "alice@example.org", Lifetime: lifetime}, kid, key)
+	tok, err := keys.Sign(file, kid, token.Claims{Issuer: "example.org", Subject: "alice@example.org", Lifetime: lifetime})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 )
 
@@ -165,7 +166,7 @@ func newRotation(t *testing.T) *rotationFixture {
 	copyKeys(t, "keys", f.dir)
 	f.oldPool, f.oldAP = keyFile(t, "keys", "POOL"), keyFile(t, "keys", "AP")
 	f.newPool, f.newAP = keyFile(t, "keys-rotated", "POOL"), keyFile(t, "keys-rotated", "AP")
-	f.extra = randomKeyFile(t)
+	f.extra = keys.NewFile()
 	f.tOldPool, f.tOldAP = sign(t, "POOL", f.oldPool, time.Hour), sign(t, "AP", f.oldAP, time.Hour)
 	f.tNewPool, f.tNewAP = sign(t, "POOL", f.newPool, time.Hour), sign(t, "AP", f.newAP, time.Hour)
 	f.tExtra = sign(t, "NEW", f.extra, time.Hour)

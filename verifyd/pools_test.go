@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -30,7 +31,7 @@ func noCondor(t *testing.T) {
 // file, issued at iat.
 func signAs(t testing.TB, issuer, kid string, file []byte, iat time.Time, lifetime time.Duration) []byte {
 	t.Helper()
-	tok, err := token.Sign(token.Claims{Issuer: issuer, Subject: "alice@" + issuer, Lifetime: lifetime, IssuedAt: iat}, kid, token.DeriveKey(kid, file))
+	tok, err := keys.Sign(file, kid, token.Claims{Issuer: issuer, Subject: "alice@" + issuer, Lifetime: lifetime, IssuedAt: iat})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,9 +83,9 @@ func TestTrustDomain(t *testing.T) {
 
 	now := time.Now()
 	other := map[string][]byte{
-		"POOL, another key":   signAs(t, "other.example", "POOL", randomKeyFile(t), now, time.Hour),
+		"POOL, another key":   signAs(t, "other.example", "POOL", keys.NewFile(), now, time.Hour),
 		"POOL, this key":      signAs(t, "other.example", "POOL", f.oldPool, now, time.Hour),
-		"kid without a file":  signAs(t, "other.example", "NONE", randomKeyFile(t), now, time.Hour),
+		"kid without a file":  signAs(t, "other.example", "NONE", keys.NewFile(), now, time.Hour),
 		"kid unusable here":   signAs(t, "other.example", "AP", f.oldAP, now, time.Hour),
 		"expired":             signAs(t, "other.example", "POOL", f.oldPool, now.Add(-2*time.Hour), time.Hour),
 		"iss differs in case": signAs(t, "Example.org", "POOL", f.oldPool, now, time.Hour),
@@ -138,7 +139,7 @@ func TestNoTrustDomain(t *testing.T) {
 	noCondor(t)
 	f := newRotation(t)
 	ts := start(t, fast(f.dir), nil)
-	flocking := signAs(t, "other.example", "POOL", randomKeyFile(t), time.Now(), time.Hour)
+	flocking := signAs(t, "other.example", "POOL", keys.NewFile(), time.Now(), time.Hour)
 	for range 3 {
 		if r := ts.full(t, flocking); r.Reason != token.RotatedKey || r.CannotTell != "" || r.TrustDomain != "" {
 			t.Fatalf("another issuer's token with no trust domain: %+v; want rotated-key, as before", r)

@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -13,27 +12,19 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
 )
 
-// testKeyFile returns the content of a scrambled POOL key file.
-func testKeyFile(t *testing.T) []byte {
-	t.Helper()
-	k := make([]byte, 64)
-	rand.Read(k)
-	return token.Scramble(k)
-}
-
 // testToken signs a real token for the stand-ins to print.
 func testToken(t *testing.T) []byte {
 	t.Helper()
-	key := token.DeriveKey("POOL", testKeyFile(t))
-	raw, err := token.Sign(token.Claims{
+	raw, err := keys.Sign(keys.NewFile(), "POOL", token.Claims{
 		Issuer:   "pool.example",
 		Subject:  "alice@pool.example",
 		Lifetime: time.Hour,
-	}, "POOL", key)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 )
 
@@ -53,7 +54,7 @@ func TestLocal(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			file := testKeyFile(t)
+			file := keys.NewFile()
 			if tt.keyName != "" {
 				path := filepath.Join(dir, tt.keyName)
 				if err := os.WriteFile(path, file, 0o600); err != nil {

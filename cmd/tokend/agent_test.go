@@ -156,13 +156,11 @@ func TestLogoutLeavesNothing(t *testing.T) {
 	if _, stderr, code := e.cli("wipe", "--logout"); code != 0 {
 		t.Fatalf("wipe --logout: exit %d: %s", code, stderr)
 	}
-	select {
-	case err := <-e.done:
-		if err != nil {
-			t.Fatalf("agent exit: %v", err)
-		}
-	case <-time.After(15 * time.Second):
+	if !e.agent.Wait(15 * time.Second) {
 		t.Fatal("the agent did not exit after wipe --logout")
+	}
+	if err := e.agent.Err(); err != nil {
+		t.Fatalf("agent exit: %v", err)
 	}
 	e.agent = nil
 	if mounttab.Mounted(e.dir) {

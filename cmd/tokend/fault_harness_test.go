@@ -6,7 +6,6 @@ package main
 // behaviour the test switches, and checks that nothing is left behind.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -21,21 +20,22 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/proc"
 	"github.com/tokend/tokend/mounttab"
 )
 
 // launchCmd starts cmd as the agent, its output going to the agent's log,
-// without waiting for it to be ready.
+// without waiting for it to be ready. cmd may set an RLIMIT_MEMLOCK of its
+// own, so cleanup checks the locked memory only of agents launch started.
 func (e *env) launchCmd(cmd *exec.Cmd) {
 	e.t.Helper()
+	e.memlock = false
 	e.log = &syncbuf.Buffer{}
-	e.agent = cmd
-	cmd.Stdout, cmd.Stderr = e.log, e.log
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(cmd, e.log)
+	if err != nil {
 		e.t.Fatal(err)
 	}
-	e.done = make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(cmd, e.done)
+	e.agent = p
 }
 
 // agentCmd is the agent's command line, as the user.
@@ -72,21 +72,15 @@ func (e *env) waitFailed(msg string) {
 // waitExit waits for the agent to exit on its own and returns its exit code.
 func (e *env) waitExit(within time.Duration) int {
 	e.t.Helper()
-	select {
-	case err := <-e.done:
-		e.agent = nil
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode()
-		}
-		if err != nil {
-			e.t.Fatalf("waiting for the agent: %v", err)
-		}
-		return 0
-	case <-time.After(within):
+	if !e.agent.Wait(within) {
 		e.t.Fatalf("the agent did not exit within %v:\n%s", within, e.log)
-		return -1
 	}
+	code, err := proc.ExitCode(e.agent.Err())
+	e.agent = nil
+	if err != nil {
+		e.t.Fatalf("waiting for the agent: %v", err)
+	}
+	return code
 }
 
 // failsToStart runs cmd as the agent and expects it to exit with an error
@@ -176,18 +170,12 @@ func (e *env) cliAsync(args ...string) <-chan cliResult {
 	done := make(chan cliResult, 1)
 	cmd := testenv.Command(e.u, e.bin, args...)
 	cmd.Env = append(cmd.Env, "TOKEND_SOCKET="+e.sock)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
 	go func() {
-		err := cmd.Run()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			code, errb = -1, *bytes.NewBufferString(err.Error())
+		r, err := proc.Run(cmd, "")
+		if err != nil {
+			r = proc.Result{Stderr: err.Error(), Code: -1}
 		}
-		done <- cliResult{out.String(), errb.String(), code}
+		done <- cliResult{r.Stdout, r.Stderr, r.Code}
 	}()
 	return done
 }

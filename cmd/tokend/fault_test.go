@@ -346,7 +346,7 @@ func TestAgentMemoryUnreadable(t *testing.T) {
 		}
 	}
 
-	res := try(e.agent.Process.Pid)
+	res := try(e.agent.Pid())
 	for _, op := range []string{"maps", "mem", "environ", "process_vm_readv", "ptrace"} {
 		if errno := res[op]; errno != "EACCES" && errno != "EPERM" {
 			t.Errorf("another process of the user: %s of the agent -> %q, want EACCES or EPERM", op, errno)

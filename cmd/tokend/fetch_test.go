@@ -11,6 +11,7 @@ import (
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/proc"
 )
 
 // standIn writes an executable script owned by the user: a stand-in for an
@@ -123,22 +124,19 @@ cat `+tokFile+`
 	cmd.Env = append(cmd.Env, "TOKEND_SOCKET="+e.sock)
 	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	fetch, err := proc.Start(cmd, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	testenv.Eventually(t, 10*time.Second, "tokend fetch to show the request id", func() bool {
 		return strings.Contains(stderr.String(), "4242")
 	})
 	e.writeFile(approved, "", 0o600)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("tokend fetch: %v: %s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
+	if !fetch.Wait(20 * time.Second) {
 		t.Fatal("tokend fetch did not finish after the approval")
+	}
+	if err := fetch.Err(); err != nil {
+		t.Fatalf("tokend fetch: %v: %s", err, stderr.String())
 	}
 	found := false
 	for _, f := range e.read().Files {

@@ -5,10 +5,7 @@ package main
 // user (the CLI, condorsim), as another user, and as root.
 
 import (
-	"bytes"
-	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -17,13 +14,15 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
+	"github.com/tokend/tokend/internal/testenv/proc"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
 )
@@ -40,11 +39,10 @@ type env struct {
 	config      string
 	agentEnv    []string          // more environment for the agent
 	settings    map[string]string // the config, as dotted TOML keys to TOML values
-	agent       *exec.Cmd
+	agent       *proc.Proc        // nil when none runs
 	// memlock: the agent runs under an RLIMIT_MEMLOCK of agentMemlock,
 	// and must keep every secret locked within it.
 	memlock bool
-	done    chan error
 	log     *syncbuf.Buffer
 	secrets [][]byte // every token seen, to be searched for in logs
 }
@@ -134,11 +132,7 @@ func (e *env) writeKey(name string) { e.writeKeyIn(e.keys, name) }
 // writeKeyIn writes a new random key file named name in dir, by rename.
 func (e *env) writeKeyIn(dir, name string) {
 	e.t.Helper()
-	key := make([]byte, 64)
-	rand.Read(key)
-	tmp := filepath.Join(dir, "."+name+".new")
-	e.writeFile(tmp, string(token.Scramble(key)), 0o600)
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+	if err := keys.Install(filepath.Join(dir, name), keys.NewFile(), e.u.UID, e.u.GID); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -146,12 +140,14 @@ func (e *env) writeKeyIn(dir, name string) {
 // sign makes a token with the pool key, as the schedd would.
 func (e *env) sign(sub string, life time.Duration, authz ...string) []byte {
 	e.t.Helper()
-	key, err := token.KeyDir{Dir: e.keys, WantUID: -1}.Key(token.PoolKeyName)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer key.Wipe()
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
+	return e.signClaims(e.keys, token.PoolKeyName, token.Claims{Issuer: "test.example", Subject: sub, Lifetime: life, Authz: authz, IssuedAt: time.Now()})
+}
+
+// signClaims makes a token with key kid of the key directory dir; the token
+// is remembered as a secret the logs must not hold.
+func (e *env) signClaims(dir, kid string, c token.Claims) []byte {
+	e.t.Helper()
+	tok, err := keys.SignFrom(dir, kid, c)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -175,26 +171,19 @@ const agentMemlock = "65536"
 // agentMemlock, without waiting for it.
 func (e *env) launch() {
 	e.t.Helper()
-	e.log = &syncbuf.Buffer{}
-	e.agent = testenv.Command(e.u, "prlimit", "--memlock="+agentMemlock+":"+agentMemlock, "--", e.bin, "agent", "--config", e.config)
+	cmd := e.agentCmd("prlimit", "--memlock="+agentMemlock+":"+agentMemlock, "--")
+	cmd.Env = append(cmd.Env, e.agentEnv...)
+	e.launchCmd(cmd)
 	e.memlock = true
-	e.agent.Env = append(e.agent.Env, e.agentEnv...)
-	e.agent.Stdout, e.agent.Stderr = e.log, e.log
-	if err := e.agent.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.done = make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(e.agent, e.done)
 }
 
 func (e *env) waitReady() {
 	e.t.Helper()
 	testenv.Eventually(e.t, 20*time.Second, "the agent to mount and hold a session token", func() bool {
-		select {
-		case err := <-e.done:
+		if e.agent != nil && e.agent.Exited() {
+			err := e.agent.Err()
 			e.agent = nil
 			e.t.Fatalf("the agent exited early (%v):\n%s", err, e.log)
-		default:
 		}
 		st, err := e.status()
 		return err == nil && st.Mounted && st.Session.State == api.SessionValid
@@ -227,18 +216,11 @@ func (e *env) runAsEnv(u testenv.User, env []string, stdin, bin string, args ...
 	e.t.Helper()
 	cmd := testenv.Command(u, bin, args...)
 	cmd.Env = append(cmd.Env, env...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
+	r, err := proc.Run(cmd, stdin)
+	if err != nil {
 		e.t.Fatal(err)
 	}
-	return out.String(), errb.String(), code
+	return r.Stdout, r.Stderr, r.Code
 }
 
 // sim runs condorsim as u and decodes its JSON output into out.
@@ -253,21 +235,10 @@ func (e *env) sim(u testenv.User, out any, stdin string, args ...string) {
 	}
 }
 
-type simFile struct {
-	Path   string   `json:"path"`
-	Tokens []string `json:"tokens"`
-	Err    string   `json:"err"`
-}
-
-type simRead struct {
-	Files []simFile `json:"files"`
-	Pick  string    `json:"pick"`
-}
-
 // read runs the HTCondor read sequence as the user.
-func (e *env) read() simRead {
+func (e *env) read() simwire.Read {
 	e.t.Helper()
-	var r simRead
+	var r simwire.Read
 	e.sim(e.u, &r, "", "read", e.dir)
 	for _, f := range r.Files {
 		for _, t := range f.Tokens {
@@ -280,7 +251,7 @@ func (e *env) read() simRead {
 // write runs write_out_token as the user and returns the errno name ("" for success).
 func (e *env) write(how, name string, tok []byte) string {
 	e.t.Helper()
-	var r struct{ Errno string }
+	var r simwire.Write
 	e.sim(e.u, &r, string(tok), how, e.dir, name)
 	return r.Errno
 }
@@ -320,8 +291,7 @@ func (e *env) waitLog(subs ...string) {
 // kill SIGKILLs the agent, leaving its mount behind.
 func (e *env) kill() {
 	e.t.Helper()
-	syscall.Kill(e.agent.Process.Pid, syscall.SIGKILL)
-	<-e.done
+	e.agent.Kill()
 	e.agent = nil
 }
 
@@ -331,16 +301,8 @@ func (e *env) stop() {
 	if e.agent == nil {
 		return
 	}
-	e.agent.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-e.done:
-		if err != nil {
-			e.t.Errorf("agent exit after SIGTERM: %v\n%s", err, e.log)
-		}
-	case <-time.After(15 * time.Second):
-		e.t.Errorf("agent did not exit within 15 s of SIGTERM")
-		e.agent.Process.Kill()
-		<-e.done
+	if err := e.agent.Stop(15 * time.Second); err != nil {
+		e.t.Errorf("agent exit after SIGTERM: %v\n%s", err, e.log)
 	}
 	e.agent = nil
 }
@@ -351,12 +313,7 @@ func (e *env) cleanup() {
 	e.lockedWithin()
 	e.stop()
 	if e.log != nil {
-		for _, s := range e.secrets {
-			sig := s[bytes.LastIndexByte(s, '.')+1:]
-			if strings.Contains(e.log.String(), string(sig)) {
-				e.t.Errorf("the agent's log holds a token")
-			}
-		}
+		e.noSecretsIn("agent's", e.log.String())
 	}
 	if mounttab.Mounted(e.dir) {
 		exec.Command("fusermount3", "-u", "-z", e.dir).Run()
@@ -374,11 +331,8 @@ func (e *env) lockedWithin() {
 	if e.agent == nil || !e.memlock {
 		return
 	}
-	select {
-	case err := <-e.done:
-		e.done <- err // for stop
-		return
-	default:
+	if e.agent.Exited() {
+		return // stop reports how it exited
 	}
 	st, err := e.status()
 	if err != nil {

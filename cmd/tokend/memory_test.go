@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/memscan"
+	"github.com/tokend/tokend/internal/testenv/poll"
 	"github.com/tokend/tokend/token"
 )
 
@@ -53,7 +54,7 @@ func TestNoTokenLeftInMemoryAfterWipe(t *testing.T) {
 	if len(first) != 1 || len(held) != 2 || len(needles) != 3*3 {
 		t.Fatalf("read %d then %d tokens (%d needles), want 1 then 2 other ones", len(first), len(held), len(needles))
 	}
-	pid := e.agent.Process.Pid
+	pid := e.agent.Pid()
 
 	// The scan sees the agent's memory: before the wipe it finds the tokens
 	// the store holds, in locked memory when the agent could lock.
@@ -79,8 +80,7 @@ func TestNoTokenLeftInMemoryAfterWipe(t *testing.T) {
 	// Poll briefly: a check that copied a token just before the wipe
 	// holds it in a locked buffer until it ends.
 	var bad []memscan.Hit
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	poll.Until(5*time.Second, func() bool {
 		bad = bad[:0]
 		for _, h := range e.scan(pid, needles) {
 			if strings.HasPrefix(h.Needle, "key ") && h.Mapping.Locked {
@@ -88,11 +88,8 @@ func TestNoTokenLeftInMemoryAfterWipe(t *testing.T) {
 			}
 			bad = append(bad, h)
 		}
-		if len(bad) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(bad) == 0
+	})
 	for _, h := range bad {
 		name := h.Needle
 		if !strings.HasPrefix(name, "key ") {

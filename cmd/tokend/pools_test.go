@@ -67,17 +67,7 @@ func (p *poolEnv) rotate() { p.e.writeKeyIn(p.keys, token.PoolKeyName) }
 // signBy signs a token with the POOL key of dir, as iss.
 func (e *env) signBy(dir, iss, sub string) []byte {
 	e.t.Helper()
-	key, err := token.KeyDir{Dir: dir, WantUID: -1}.Key(token.PoolKeyName)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer key.Wipe()
-	tok, err := token.Sign(token.Claims{Issuer: iss, Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key.Bytes())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.secrets = append(e.secrets, tok)
-	return tok
+	return e.signClaims(dir, token.PoolKeyName, token.Claims{Issuer: iss, Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()})
 }
 
 // foreign signs a token of iss with kid POOL and a key this host never
@@ -157,7 +147,7 @@ func TestOtherPoolSurvivesRotation(t *testing.T) {
 	t.Run("verifyd knows its trust domain", func(t *testing.T) {
 		t.Parallel()
 		v := newVerifyd(t)
-		v.trustDomain = "test.example"
+		v.d.TrustDomain = "test.example"
 		e := newEnv(t, v.settings())
 		writeRootKey(t, filepath.Join(v.keys, token.PoolKeyName), e.userKey(token.PoolKeyName))
 		v.start()
@@ -481,8 +471,8 @@ func TestBadPoolsConfig(t *testing.T) {
 // before its iat + max age, with no moment when the tools find none.
 func TestMaxAge(t *testing.T) {
 	v := newVerifyd(t)
-	v.trustDomain = "test.example"
-	v.env = []string{"_CONDOR_SEC_TOKEN_MAX_AGE=9"}
+	v.d.TrustDomain = "test.example"
+	v.d.Env = []string{"_CONDOR_SEC_TOKEN_MAX_AGE=9"}
 	settings := v.settings()
 	settings["validate.exp_margin"] = `"1s"`
 	e := newEnv(t, settings)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 )
 
@@ -23,9 +24,7 @@ import (
 // does not have yet (the site rolled it out elsewhere first).
 func (e *env) signNext(next []byte, sub string) []byte {
 	e.t.Helper()
-	key := token.DeriveKey(token.PoolKeyName, next)
-	defer clear(key)
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	tok, err := keys.Sign(next, token.PoolKeyName, token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()})
 	if err != nil {
 		e.t.Fatal(err)
 	}

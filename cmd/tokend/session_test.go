@@ -28,6 +28,7 @@ import (
 
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/proc"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/session"
 )
@@ -185,11 +186,9 @@ func running(pid int) bool {
 // login is one pamtester holding a session open.
 type login struct {
 	t     *testing.T
-	cmd   *exec.Cmd
+	p     *proc.Proc
 	stdin io.WriteCloser
 	out   *syncbuf.Buffer
-	ended chan struct{} // closed when pamtester has exited
-	err   error         // its exit status, once ended is closed
 }
 
 // login opens a session through PAM and holds it until logout or kill.
@@ -202,21 +201,16 @@ func (p *pamEnv) login() *login {
 
 func (p *pamEnv) startLogin() *login {
 	p.t.Helper()
-	l := &login{t: p.t, out: &syncbuf.Buffer{}, ended: make(chan struct{})}
+	l := &login{t: p.t, out: &syncbuf.Buffer{}}
 	// stdbuf: pamtester's messages are block-buffered on a pipe otherwise.
-	l.cmd = exec.Command("stdbuf", "-oL", "pamtester", p.service, p.u.Name, "open_session", "authenticate", "close_session")
-	l.cmd.Stdout, l.cmd.Stderr = l.out, l.out
+	cmd := exec.Command("stdbuf", "-oL", "pamtester", p.service, p.u.Name, "open_session", "authenticate", "close_session")
 	var err error
-	if l.stdin, err = l.cmd.StdinPipe(); err != nil {
+	if l.stdin, err = cmd.StdinPipe(); err != nil {
 		p.t.Fatal(err)
 	}
-	if err := l.cmd.Start(); err != nil {
+	if l.p, err = proc.Start(cmd, l.out); err != nil {
 		p.t.Fatal(err)
 	}
-	go func() {
-		l.err = l.cmd.Wait()
-		close(l.ended)
-	}()
 	p.t.Cleanup(func() { l.kill() })
 	return l
 }
@@ -224,10 +218,8 @@ func (p *pamEnv) startLogin() *login {
 func (l *login) waitOpened() {
 	l.t.Helper()
 	testenv.Eventually(l.t, 20*time.Second, "pamtester to open the session", func() bool {
-		select {
-		case <-l.ended:
-			l.t.Fatalf("pamtester ended before the session was open (%v):\n%s", l.err, l.out)
-		default:
+		if l.p.Exited() {
+			l.t.Fatalf("pamtester ended before the session was open (%v):\n%s", l.p.Err(), l.out)
 		}
 		return strings.Contains(l.out.String(), "successfully opened a session")
 	})
@@ -240,21 +232,16 @@ func (l *login) logout() {
 	l.t.Helper()
 	io.WriteString(l.stdin, "password\n")
 	l.stdin.Close()
-	select {
-	case <-l.ended:
-		if l.err != nil || !strings.Contains(l.out.String(), "session has successfully been closed") {
-			l.t.Fatalf("pamtester logout: %v:\n%s", l.err, l.out)
-		}
-	case <-time.After(30 * time.Second):
+	if !l.p.Wait(30 * time.Second) {
 		l.t.Fatalf("pamtester did not finish the logout:\n%s", l.out)
+	}
+	if err := l.p.Err(); err != nil || !strings.Contains(l.out.String(), "session has successfully been closed") {
+		l.t.Fatalf("pamtester logout: %v:\n%s", err, l.out)
 	}
 }
 
 // kill ends pamtester without a close, as a crashed sshd would.
-func (l *login) kill() {
-	l.cmd.Process.Kill()
-	<-l.ended
-}
+func (l *login) kill() { l.p.Kill() }
 
 func (p *pamEnv) sessions() int {
 	p.t.Helper()
@@ -371,7 +358,7 @@ func TestPAMConcurrentLogins(t *testing.T) {
 		wg.Go(func() {
 			io.WriteString(l.stdin, "password\n")
 			l.stdin.Close()
-			<-l.ended
+			<-l.p.Done()
 		})
 	}
 	wg.Wait()

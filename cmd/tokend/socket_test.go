@@ -37,8 +37,8 @@ func TestCLIFindsTheSocketInTheConfig(t *testing.T) {
 			t.Fatalf("%s: tokend %s: exit %d: %s", c.name, strings.Join(c.args, " "), code, stderr)
 		}
 		var st api.Status
-		if err := json.Unmarshal([]byte(out), &st); err != nil || st.PID != e.agent.Process.Pid {
-			t.Fatalf("%s: status %q (%v), want the agent's (pid %d)", c.name, out, err, e.agent.Process.Pid)
+		if err := json.Unmarshal([]byte(out), &st); err != nil || st.PID != e.agent.Pid() {
+			t.Fatalf("%s: status %q (%v), want the agent's (pid %d)", c.name, out, err, e.agent.Pid())
 		}
 	}
 
@@ -84,8 +84,8 @@ func TestStatusWithABrokenConfigUsesTheDefaultSocket(t *testing.T) {
 				t.Fatalf("exit %d, want 0: %s", code, stderr)
 			}
 			var st api.Status
-			if err := json.Unmarshal([]byte(out), &st); err != nil || st.PID != e.agent.Process.Pid {
-				t.Fatalf("status %q (%v), want the agent's (pid %d) and nothing else", out, err, e.agent.Process.Pid)
+			if err := json.Unmarshal([]byte(out), &st); err != nil || st.PID != e.agent.Pid() {
+				t.Fatalf("status %q (%v), want the agent's (pid %d) and nothing else", out, err, e.agent.Pid())
 			}
 			for _, want := range []string{broken, c.want, "default socket " + e.sock} {
 				if !strings.Contains(stderr, want) {

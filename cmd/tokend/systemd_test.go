@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/proc"
 	"github.com/tokend/tokend/mounttab"
 )
 
@@ -31,8 +32,7 @@ type userManager struct {
 	u       testenv.User
 	runtime string // /run/user/UID, the manager's XDG_RUNTIME_DIR
 	units   string // runtime/systemd/user: where the test's units go
-	cmd     *exec.Cmd
-	ended   chan struct{}
+	p       *proc.Proc
 	log     *syncbuf.Buffer
 }
 
@@ -178,22 +178,18 @@ func (m *userManager) start() {
 		script.WriteString("echo $$ > " + filepath.Join(dirs[len(dirs)-1], "cgroup.procs") + " && ")
 	}
 	script.WriteString(`exec setpriv --reuid="$U" --regid="$G" --init-groups env -i HOME="$H" USER="$N" LOGNAME="$N" PATH=/usr/local/bin:/usr/bin:/bin XDG_RUNTIME_DIR="$R" ` + systemdBinary + " --user")
-	m.cmd = exec.Command("/bin/sh", "-c", script.String())
-	m.cmd.Env = []string{"U=" + strconv.Itoa(m.u.UID), "G=" + strconv.Itoa(m.u.GID), "H=" + m.u.Home, "N=" + m.u.Name, "R=" + m.runtime, "PATH=/usr/bin:/bin"}
-	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := m.cmd.Start(); err != nil {
+	cmd := exec.Command("/bin/sh", "-c", script.String())
+	cmd.Env = []string{"U=" + strconv.Itoa(m.u.UID), "G=" + strconv.Itoa(m.u.GID), "H=" + m.u.Home, "N=" + m.u.Name, "R=" + m.runtime, "PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var err error
+	if m.p, err = proc.Start(cmd, m.log); err != nil {
 		m.t.Fatal(err)
 	}
-	m.ended = make(chan struct{})
-	go func() { m.cmd.Wait(); close(m.ended) }()
 	// Registered after the cgroups and directories: runs before their removal.
 	m.t.Cleanup(m.stop)
 	testenv.Eventually(m.t, 30*time.Second, "the user manager to start", func() bool {
-		select {
-		case <-m.ended:
+		if m.p.Exited() {
 			m.t.Fatalf("systemd --user exited:\n%s", m.log)
-		default:
 		}
 		out, _ := m.systemctl("is-system-running")
 		return out == "running" || out == "degraded"
@@ -203,18 +199,13 @@ func (m *userManager) start() {
 // stop ends the manager with SIGTERM, as at the last logout: it stops every
 // unit first.
 func (m *userManager) stop() {
-	if m.cmd == nil {
+	if m.p == nil {
 		return
 	}
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-m.ended:
-	case <-time.After(30 * time.Second):
+	if err := m.p.Stop(30 * time.Second); errors.Is(err, proc.ErrKilled) {
 		m.t.Errorf("the user manager did not stop within 30s of SIGTERM")
-		m.cmd.Process.Kill()
-		<-m.ended
 	}
-	m.cmd = nil
+	m.p = nil
 }
 
 // systemctl runs `systemctl --user ARGS` as the user.

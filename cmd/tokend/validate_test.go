@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 	"github.com/tokend/tokend/token"
 )
 
@@ -122,11 +123,11 @@ func TestExpiryWhileMounted(t *testing.T) {
 	if errno := e.write("write", "short", short); errno != "" {
 		t.Fatal(errno)
 	}
-	if r := e.read(); !slices.ContainsFunc(r.Files, func(f simFile) bool { return filepath.Base(f.Path) == "short" }) {
+	if r := e.read(); !slices.ContainsFunc(r.Files, func(f simwire.File) bool { return filepath.Base(f.Path) == "short" }) {
 		t.Fatal("the short-lived token is not shown")
 	}
 	testenv.Eventually(t, 10*time.Second, "the expired token to vanish", func() bool {
-		return !slices.ContainsFunc(e.read().Files, func(f simFile) bool { return filepath.Base(f.Path) == "short" })
+		return !slices.ContainsFunc(e.read().Files, func(f simwire.File) bool { return filepath.Base(f.Path) == "short" })
 	})
 	for _, tok := range e.tokens(true) {
 		if tok.Name == "short" && tok.Reason != "expired" {
@@ -140,12 +141,7 @@ func TestExpiryWhileMounted(t *testing.T) {
 func TestRefreshWithoutGap(t *testing.T) {
 	e := newEnv(t, map[string]string{"fetch.lifetime": `"6s"`, "validate.exp_margin": `"1s"`})
 	e.start()
-	var w struct {
-		Reads    int
-		NoToken  int `json:"no_token"`
-		Failures []string
-		Distinct int
-	}
+	var w simwire.Watch
 	e.sim(e.u, &w, "", "watch", e.dir, "9")
 	t.Logf("%d reads, %d distinct tokens, %d failed reads", w.Reads, w.Distinct, len(w.Failures))
 	if w.Distinct < 2 {

@@ -7,43 +7,31 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
+	"github.com/tokend/tokend/internal/testenv/verifydproc"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyapi"
 )
 
-// verifydProc is one `tokend verifyd` process run as root. Its password
-// directory holds root-owned 0600 key files, as on an access point; its
-// socket is in a directory every user can reach.
+// verifydProc is one `tokend verifyd` process run as root
+// (verifydproc.Proc), failing the test where that fails.
 type verifydProc struct {
-	t      *testing.T
-	bin    string
-	keys   string // the password directory (SEC_PASSWORD_DIRECTORY)
-	sock   string
-	config string // an empty config file, so /etc/tokend/verifyd.toml is not read
-	// trustDomain, when set, is passed as --trust-domain; env is added to
-	// verifyd's environment (_CONDOR_SEC_TOKEN_MAX_AGE=...).
-	trustDomain string
-	env         []string
-	cmd         *exec.Cmd
-	done        chan error
-	log         *syncbuf.Buffer // every run's output, appended
-	starts      int
+	t    *testing.T
+	d    *verifydproc.Proc
+	keys string          // the password directory (SEC_PASSWORD_DIRECTORY)
+	sock string          // its socket
+	log  *syncbuf.Buffer // every run's output, appended
 }
 
 // newVerifyd prepares a verifyd (not started) with an empty password
@@ -56,24 +44,11 @@ func newVerifyd(t *testing.T) *verifydProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Others may traverse it to reach the socket, not list it.
-	if err := os.Chmod(root, 0o711); err != nil {
+	d, err := verifydproc.New(testenv.Build(t, "./cmd/tokend"), root)
+	if err != nil {
 		t.Fatal(err)
 	}
-	v := &verifydProc{
-		t:      t,
-		bin:    testenv.Build(t, "./cmd/tokend"),
-		keys:   filepath.Join(root, "passwords.d"),
-		sock:   filepath.Join(root, "run", "verify.sock"),
-		config: filepath.Join(root, "verifyd.toml"),
-		log:    &syncbuf.Buffer{},
-	}
-	if err := os.Mkdir(v.keys, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(v.config, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	v := &verifydProc{t: t, d: d, keys: d.Keys, sock: d.Sock, log: d.Log}
 	t.Cleanup(func() {
 		v.stop()
 		if err := os.RemoveAll(root); err != nil {
@@ -94,85 +69,43 @@ func (v *verifydProc) settings() map[string]string {
 // start runs verifyd and waits until it answers on its socket.
 func (v *verifydProc) start() {
 	v.t.Helper()
-	if v.cmd != nil {
-		v.t.Fatal("verifyd is already running")
-	}
-	v.starts++
-	v.log.Write([]byte("--- verifyd start " + strconv.Itoa(v.starts) + " ---\n"))
-	args := []string{"verifyd", "--config", v.config, "--socket", v.sock, "--password-dir", v.keys}
-	if v.trustDomain != "" {
-		args = append(args, "--trust-domain", v.trustDomain)
-	}
-	v.cmd = exec.Command(v.bin, args...)
-	v.cmd.Env = append(os.Environ(), v.env...)
-	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
-	if err := v.cmd.Start(); err != nil {
+	if err := v.d.Start(10 * time.Second); err != nil {
 		v.t.Fatal(err)
 	}
-	v.done = make(chan error, 1)
-	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(v.cmd, v.done)
-	testenv.Eventually(v.t, 10*time.Second, "verifyd to answer on its socket", func() bool {
-		select {
-		case err := <-v.done:
-			v.cmd = nil
-			v.t.Fatalf("verifyd exited early (%v):\n%s", err, v.log)
-		default:
-		}
-		_, err := v.generation()
-		return err == nil
-	})
 }
 
 // generation asks verifyd for its key generation, as root.
-func (v *verifydProc) generation() (uint64, error) {
-	c := verifyapi.NewClient(v.sock)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	return c.Generation(ctx)
-}
+func (v *verifydProc) generation() (uint64, error) { return v.d.Generation() }
 
 // kill SIGKILLs verifyd: no goodbye to the agents, a stale socket left.
-func (v *verifydProc) kill() {
+func (v *verifydProc) kill() { v.d.Kill() }
+
+// pid is the running verifyd's process id.
+func (v *verifydProc) pid() int {
 	v.t.Helper()
-	syscall.Kill(v.cmd.Process.Pid, syscall.SIGKILL)
-	<-v.done
-	v.cmd = nil
+	pid, ok := v.d.Pid()
+	if !ok {
+		v.t.Fatal("verifyd is not running")
+	}
+	return pid
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (v *verifydProc) stop() {
 	v.t.Helper()
-	if v.cmd == nil {
-		return
+	if err := v.d.Stop(10 * time.Second); err != nil {
+		v.t.Errorf("verifyd exit after SIGTERM: %v\n%s", err, v.log)
 	}
-	v.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-v.done:
-		if err != nil {
-			v.t.Errorf("verifyd exit after SIGTERM: %v\n%s", err, v.log)
-		}
-	case <-time.After(10 * time.Second):
-		v.t.Errorf("verifyd did not exit within 10 s of SIGTERM")
-		v.cmd.Process.Kill()
-		<-v.done
-	}
-	v.cmd = nil
 }
 
-// newKeyFile returns the content of a new random key file, scrambled as
-// condor_store_cred writes it.
-func newKeyFile() []byte {
-	key := make([]byte, 64)
-	rand.Read(key)
-	return token.Scramble(key)
-}
+// newKeyFile returns the content of a new random key file (keys.NewFile).
+func newKeyFile() []byte { return keys.NewFile() }
 
 // writeRootKey writes a key file owned by root, mode 0600, in place (the
 // file keeps its inode when it exists).
 func writeRootKey(t *testing.T, path string, file []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, file, 0o600); err != nil {
+	if err := keys.Write(path, file); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -181,9 +114,7 @@ func writeRootKey(t *testing.T, path string, file []byte) {
 // and renaming it over path, as a careful site rolls out a new key.
 func renameRootKey(t *testing.T, path string, file []byte) {
 	t.Helper()
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".new")
-	writeRootKey(t, tmp, file)
-	if err := os.Rename(tmp, path); err != nil {
+	if err := keys.Install(path, file, -1, -1); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -193,9 +124,7 @@ func renameRootKey(t *testing.T, path string, file []byte) {
 // session token with it.
 func (e *env) setUserKey(name string, file []byte) {
 	e.t.Helper()
-	tmp := filepath.Join(e.keys, "."+name+".new")
-	e.writeFile(tmp, string(file), 0o600)
-	if err := os.Rename(tmp, filepath.Join(e.keys, name)); err != nil {
+	if err := keys.Install(filepath.Join(e.keys, name), file, e.u.UID, e.u.GID); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -214,17 +143,7 @@ func (e *env) userKey(name string) []byte {
 // schedd would; the token is remembered as a secret the logs must not hold.
 func (e *env) signWith(dir, kid, sub string) []byte {
 	e.t.Helper()
-	key, err := token.KeyDir{Dir: dir, WantUID: -1}.Key(kid)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer key.Wipe()
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, kid, key.Bytes())
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.secrets = append(e.secrets, tok)
-	return tok
+	return e.signClaims(dir, kid, token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()})
 }
 
 // shown returns what the tools read from the mount, as the user: file name
@@ -300,11 +219,10 @@ func (e *env) mustStatus() api.Status {
 // running fails the test if the agent has exited.
 func (e *env) running() {
 	e.t.Helper()
-	select {
-	case err := <-e.done:
+	if e.agent != nil && e.agent.Exited() {
+		err := e.agent.Err()
 		e.agent = nil
 		e.t.Fatalf("the agent exited (%v):\n%s", err, e.log)
-	default:
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokend/tokend/internal/memscan"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/internal/testenv/wirev1"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
@@ -27,12 +28,11 @@ func TestNoTokenLeftInVerifydMemory(t *testing.T) {
 	writeRootKey(t, filepath.Join(v.keys, token.PoolKeyName), pool)
 	writeRootKey(t, filepath.Join(v.keys, "AP"), ap)
 	v.start()
-	pid := v.cmd.Process.Pid
+	pid := v.pid()
 
 	sign := func(kid string, file []byte, iat time.Time, life time.Duration) []byte {
 		t.Helper()
-		tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: "alice@test.example", Lifetime: life, IssuedAt: iat},
-			kid, token.DeriveKey(kid, file))
+		tok, err := keys.Sign(file, kid, token.Claims{Issuer: "test.example", Subject: "alice@test.example", Lifetime: life, IssuedAt: iat})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/tokend/tokend/internal/syncbuf"
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 	"github.com/tokend/tokend/verifyapi"
 )
@@ -25,13 +25,11 @@ import (
 func verifydKeys(t *testing.T) (dir string, tok []byte) {
 	t.Helper()
 	dir = t.TempDir()
-	file := make([]byte, 64)
-	rand.Read(file)
-	if err := os.WriteFile(filepath.Join(dir, token.PoolKeyName), token.Scramble(file), 0o600); err != nil {
+	file := keys.NewFile()
+	if err := keys.Write(filepath.Join(dir, token.PoolKeyName), file); err != nil {
 		t.Fatal(err)
 	}
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: "u@test.example", Lifetime: time.Hour},
-		token.PoolKeyName, token.DeriveKey(token.PoolKeyName, token.Scramble(file)))
+	tok, err := keys.Sign(file, token.PoolKeyName, token.Claims{Issuer: "test.example", Subject: "u@test.example", Lifetime: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

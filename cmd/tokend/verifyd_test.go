@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/testenv"
+	"github.com/tokend/tokend/internal/testenv/keys"
 	"github.com/tokend/tokend/token"
 )
 
@@ -59,8 +60,7 @@ func (e *env) waitVerifyd(up bool) {
 // a signature check can tell it from a good one.
 func (e *env) forged(sub string) []byte {
 	e.t.Helper()
-	key := token.DeriveKey(token.PoolKeyName, newKeyFile())
-	tok, err := token.Sign(token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()}, token.PoolKeyName, key)
+	tok, err := keys.Sign(newKeyFile(), token.PoolKeyName, token.Claims{Issuer: "test.example", Subject: sub, Lifetime: time.Hour, IssuedAt: time.Now()})
 	if err != nil {
 		e.t.Fatal(err)
 	}

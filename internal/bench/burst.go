@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/testenv/proc"
 )
 
 // The burst phase: what a burst of work costs an agent in memory once it is
@@ -68,14 +69,14 @@ func (b *bench) burst() error {
 	return nil
 }
 
-func (b *bench) burstVariant(section, phase string, users []account, v burstVariant) error {
+func (b *bench) burstVariant(section, phase string, users []proc.User, v burstVariant) error {
 	hs, err := b.homes(phase, users)
 	if err != nil {
 		return err
 	}
 	var agents []*agent
 	for _, h := range hs {
-		if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
+		if err := h.writeConfig(b.verifyd.Sock, nil); err != nil {
 			return err
 		}
 		a, err := b.startServing(h, v.env...)

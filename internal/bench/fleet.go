@@ -93,7 +93,7 @@ func (b *bench) fleetPhase() error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			errs[i] = func() error {
-				if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
+				if err := h.writeConfig(b.verifyd.Sock, nil); err != nil {
 					return err
 				}
 				a, err := b.startAgent(h)
@@ -183,7 +183,7 @@ func (b *bench) fleetRotation(agents []*agent, hs []*home) error {
 			}
 		}
 		if last.IsZero() {
-			return fmt.Errorf("agent of %s logged no hidden token after the rotation:\n%s", a.h.u.name, a.log)
+			return fmt.Errorf("agent of %s logged no hidden token after the rotation:\n%s", a.h.u.Name, a.log)
 		}
 		hidden = append(hidden, last.Sub(at))
 	}

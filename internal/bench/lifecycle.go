@@ -3,8 +3,9 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"time"
+
+	"github.com/tokend/tokend/internal/testenv/proc"
 )
 
 // startRuns is how many times the agent is started and stopped.
@@ -25,14 +26,14 @@ func (b *bench) lifecycle() error {
 		return err
 	}
 	h := hs[0]
-	if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
+	if err := h.writeConfig(b.verifyd.Sock, nil); err != nil {
 		return err
 	}
 	// The watcher polls the directory from before the mount.
 	if err := os.Mkdir(h.tokens, 0o700); err != nil {
 		return err
 	}
-	if err := os.Chown(h.tokens, h.u.uid, h.u.gid); err != nil {
+	if err := os.Chown(h.tokens, h.u.UID, h.u.GID); err != nil {
 		return err
 	}
 
@@ -63,7 +64,7 @@ func (b *bench) lifecycle() error {
 		usable = append(usable, seen-a.startMono)
 		stop = append(stop, a.stopped)
 
-		cmd := asUser(exec.Command(b.tokend, "version"), h.u)
+		cmd := proc.Command(h.u, b.tokend, "version")
 		t0 := time.Now()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("tokend version: %v: %s", err, out)

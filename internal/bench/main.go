@@ -40,6 +40,11 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tokend/tokend/internal/testenv/keys"
+	"github.com/tokend/tokend/internal/testenv/proc"
+	"github.com/tokend/tokend/internal/testenv/verifydproc"
+	"github.com/tokend/tokend/token"
 )
 
 // bench is one run.
@@ -53,7 +58,7 @@ type bench struct {
 	rounds    int    // timing rounds of each read figure
 	progress  io.Writer
 
-	verifyd *verifydProc
+	verifyd *verifydproc.Proc
 	pool    []byte // verifyd's current POOL key file
 
 	// Figures later phases compare with (zero when not measured).
@@ -187,7 +192,7 @@ func (b *bench) setup(tokend string) error {
 	if err := b.copySelf(); err != nil {
 		return fmt.Errorf("copying the worker: %w", err)
 	}
-	b.pool = newKeyFile()
+	b.pool = keys.NewFile()
 	if b.verifyd, err = b.startVerifyd(b.pool); err != nil {
 		return err
 	}
@@ -209,8 +214,8 @@ func (b *bench) copySelf() error {
 }
 
 // users returns the first n bench users, creating missing ones.
-func (b *bench) users(n int) ([]account, error) {
-	var out []account
+func (b *bench) users(n int) ([]proc.User, error) {
+	var out []proc.User
 	for i := range n {
 		u, err := ensureUser(benchUser(i))
 		if err != nil {
@@ -223,7 +228,7 @@ func (b *bench) users(n int) ([]account, error) {
 
 // homes makes a bench directory for each user under a new folder named
 // phase, each with the pool's current key.
-func (b *bench) homes(phase string, users []account) ([]*home, error) {
+func (b *bench) homes(phase string, users []proc.User) ([]*home, error) {
 	parent := filepath.Join(b.work, phase)
 	if err := os.Mkdir(parent, 0o711); err != nil {
 		return nil, err
@@ -243,7 +248,7 @@ func (b *bench) homes(phase string, users []account) ([]*home, error) {
 // (every home's, for the embedded issuer) first, then verifyd's by rename.
 // It returns the time of the rename.
 func (b *bench) rotate(hs []*home) (time.Time, time.Duration, error) {
-	key := newKeyFile()
+	key := keys.NewFile()
 	for _, h := range hs {
 		if err := h.setKey(key); err != nil {
 			return time.Time{}, 0, err
@@ -251,7 +256,7 @@ func (b *bench) rotate(hs []*home) (time.Time, time.Duration, error) {
 	}
 	b.pool = key
 	at, mono := time.Now(), monotonic()
-	return at, mono, b.verifyd.rotate(key)
+	return at, mono, keys.Install(filepath.Join(b.verifyd.Keys, token.PoolKeyName), key, 0, 0)
 }
 
 // stopAll stops every agent still running.

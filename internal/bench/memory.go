@@ -8,8 +8,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/tokend/tokend/internal/testenv/proc"
 )
 
 // idleWait is how long agents sit idle before their memory is read: long
@@ -123,29 +124,26 @@ func (b *bench) sshAgentRSS(h *home) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("ssh-agent is not installed")
 	}
-	cmd := asUser(exec.Command(bin, "-D", "-a", filepath.Join(h.dir, "ssh-agent.sock")), h.u)
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start(proc.Command(h.u, bin, "-D", "-a", filepath.Join(h.dir, "ssh-agent.sock")), nil)
+	if err != nil {
 		return 0, err
 	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
+	defer p.Stop(10 * time.Second)
 	time.Sleep(time.Second)
-	m, err := readMem(cmd.Process.Pid, bin)
+	m, err := readMem(p.Pid(), bin)
 	return m.rss, err
 }
 
 // idleAgent starts an agent for u in a new directory named
 // phase, following verifyd, gives it 16 tokens, lets it sit idle, and
 // reads its memory. env is added to the agent's environment.
-func (b *bench) idleAgent(phase string, u account, env ...string) (*agent, mem, error) {
-	hs, err := b.homes(phase, []account{u})
+func (b *bench) idleAgent(phase string, u proc.User, env ...string) (*agent, mem, error) {
+	hs, err := b.homes(phase, []proc.User{u})
 	if err != nil {
 		return nil, mem{}, err
 	}
 	h := hs[0]
-	if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
+	if err := h.writeConfig(b.verifyd.Sock, nil); err != nil {
 		return nil, mem{}, err
 	}
 	a, err := b.startServing(h, env...)

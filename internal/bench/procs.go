@@ -8,8 +8,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -17,62 +15,37 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tokend/tokend/internal/syncbuf"
+	"github.com/tokend/tokend/internal/testenv/keys"
+	"github.com/tokend/tokend/internal/testenv/poll"
+	"github.com/tokend/tokend/internal/testenv/proc"
+	"github.com/tokend/tokend/internal/testenv/verifydproc"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/token"
-	"github.com/tokend/tokend/verifyapi"
 )
-
-// account is a local user.
-type account struct {
-	name     string
-	uid, gid int
-	home     string
-}
 
 // ensureUser returns the user name, creating it (with a home, no login
 // shell) if it is missing. Created users are kept for later runs.
-func ensureUser(name string) (account, error) {
-	u, err := user.Lookup(name)
+func ensureUser(name string) (proc.User, error) {
+	u, err := proc.LookupUser(name)
 	if err != nil {
 		out, err := exec.Command("useradd", "--create-home", "--shell", "/usr/sbin/nologin", name).CombinedOutput()
 		if err != nil {
-			return account{}, fmt.Errorf("useradd %s: %v: %s", name, err, bytes.TrimSpace(out))
+			return proc.User{}, fmt.Errorf("useradd %s: %v: %s", name, err, bytes.TrimSpace(out))
 		}
-		if u, err = user.Lookup(name); err != nil {
-			return account{}, err
-		}
+		return proc.LookupUser(name)
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return account{name: u.Username, uid: uid, gid: gid, home: u.HomeDir}, nil
+	return u, nil
 }
 
 // benchUser is the name of the i-th bench user.
 func benchUser(i int) string { return fmt.Sprintf("tokend-bench-%03d", i) }
-
-// asUser prepares cmd to run as u with a clean environment plus env.
-func asUser(cmd *exec.Cmd, u account, env ...string) *exec.Cmd {
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: []uint32{uint32(u.gid)}},
-		Setpgid:    true,
-	}
-	cmd.Env = append([]string{
-		"PATH=/usr/local/bin:/usr/bin:/bin",
-		"HOME=" + u.home,
-		"USER=" + u.name,
-		"LOGNAME=" + u.name,
-	}, env...)
-	return cmd
-}
 
 // logTimes returns the times of the log lines whose message is msg, from
 // slog's text format (time=... level=... msg="...").
@@ -98,40 +71,11 @@ func logTimes(log, msg string) []time.Time {
 	return out
 }
 
-// newKeyFile returns a new random key file, scrambled as condor_store_cred
-// writes it.
-func newKeyFile() []byte {
-	key := make([]byte, 64)
-	rand.Read(key)
-	return token.Scramble(key)
-}
-
-// installFile writes data to path by writing a temporary file beside it and
-// renaming it over path (as a site rolls out a key), owned by uid:gid with
-// mode 0600.
-func installFile(path string, data []byte, uid, gid int) error {
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".new")
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Chown(tmp, uid, gid); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-// sign makes a token with a POOL key file, as the schedd would.
-func sign(keyFile []byte, sub string) ([]byte, error) {
-	key := token.DeriveKey(token.PoolKeyName, keyFile)
-	defer clear(key)
-	return token.Sign(token.Claims{Issuer: "bench.example", Subject: sub, Lifetime: time.Hour}, token.PoolKeyName, key)
-}
-
 // home is one user's private bench directory: a copy of the pool key for
 // the agent's embedded issuer (standing in for the schedd), the token
 // directory, the control socket, the config.
 type home struct {
-	u      account
+	u      proc.User
 	dir    string
 	keys   string // the user's copy of the signing key
 	tokens string
@@ -141,12 +85,12 @@ type home struct {
 }
 
 // newHome makes u's bench directory under parent with key as its POOL.
-func newHome(parent string, u account, key []byte) (*home, error) {
+func newHome(parent string, u proc.User, key []byte) (*home, error) {
 	h := &home{
 		u:    u,
-		dir:  filepath.Join(parent, u.name),
+		dir:  filepath.Join(parent, u.Name),
 		key:  key,
-		keys: filepath.Join(parent, u.name, "keys"),
+		keys: filepath.Join(parent, u.Name, "keys"),
 	}
 	h.tokens = filepath.Join(h.dir, "tokens.d")
 	h.sock = filepath.Join(h.dir, "run", "agent.sock")
@@ -155,7 +99,7 @@ func newHome(parent string, u account, key []byte) (*home, error) {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, err
 		}
-		if err := os.Chown(d, u.uid, u.gid); err != nil {
+		if err := os.Chown(d, u.UID, u.GID); err != nil {
 			return nil, err
 		}
 	}
@@ -165,7 +109,7 @@ func newHome(parent string, u account, key []byte) (*home, error) {
 // setKey replaces the user's copy of the POOL key.
 func (h *home) setKey(key []byte) error {
 	h.key = key
-	return installFile(filepath.Join(h.keys, token.PoolKeyName), key, h.u.uid, h.u.gid)
+	return keys.Install(filepath.Join(h.keys, token.PoolKeyName), key, h.u.UID, h.u.GID)
 }
 
 // writeConfig writes the agent's config: the fetch is local (in-process
@@ -196,14 +140,14 @@ func (h *home) writeConfig(verifydSock string, extra map[string]string) error {
 	if err := os.WriteFile(h.config, []byte(b.String()), 0o600); err != nil {
 		return err
 	}
-	return os.Chown(h.config, h.u.uid, h.u.gid)
+	return os.Chown(h.config, h.u.UID, h.u.GID)
 }
 
 // signN signs n tokens for the user with the current key.
 func (h *home) signN(n int) ([][]byte, error) {
 	var out [][]byte
 	for range n {
-		t, err := sign(h.key, h.u.name+"@bench.example")
+		t, err := keys.Sign(h.key, token.PoolKeyName, token.Claims{Issuer: "bench.example", Subject: h.u.Name + "@bench.example", Lifetime: time.Hour})
 		if err != nil {
 			return nil, err
 		}
@@ -215,13 +159,11 @@ func (h *home) signN(n int) ([][]byte, error) {
 // agent is one `tokend agent` run as a user.
 type agent struct {
 	h         *home
-	cmd       *exec.Cmd
+	p         *proc.Proc
 	log       *syncbuf.Buffer
 	start     time.Time     // just before exec
 	startMono time.Duration // the same, CLOCK_MONOTONIC (to compare with a watcher's)
 	ready     chan time.Time
-	done      chan struct{} // closed when the process has exited
-	err       error         // exit status, once done is closed
 	notify    *net.UnixConn
 	stopped   time.Duration // SIGTERM to exit, once stopped
 }
@@ -247,22 +189,22 @@ func (b *bench) startServing(h *home, env ...string) (*agent, error) {
 func (b *bench) startAgent(h *home, env ...string) (*agent, error) {
 	b.mu.Lock()
 	b.seq++
-	sockPath := filepath.Join(b.notifyDir, fmt.Sprintf("%s-%d.sock", h.u.name, b.seq))
+	sockPath := filepath.Join(b.notifyDir, fmt.Sprintf("%s-%d.sock", h.u.Name, b.seq))
 	b.mu.Unlock()
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chown(sockPath, h.u.uid, h.u.gid); err != nil {
+	if err := os.Chown(sockPath, h.u.UID, h.u.GID); err != nil {
 		conn.Close()
 		return nil, err
 	}
-	a := &agent{h: h, log: &syncbuf.Buffer{}, ready: make(chan time.Time, 1), done: make(chan struct{}), notify: conn}
+	a := &agent{h: h, log: &syncbuf.Buffer{}, ready: make(chan time.Time, 1), notify: conn}
 	go a.readNotify()
-	a.cmd = asUser(exec.Command(b.tokend, "agent", "--config", h.config), h.u, append([]string{"NOTIFY_SOCKET=" + sockPath}, env...)...)
-	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	cmd := proc.Command(h.u, b.tokend, "agent", "--config", h.config)
+	cmd.Env = append(cmd.Env, append([]string{"NOTIFY_SOCKET=" + sockPath}, env...)...)
 	a.start, a.startMono = time.Now(), monotonic()
-	if err := a.cmd.Start(); err != nil {
+	if a.p, err = proc.Start(cmd, a.log); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -270,8 +212,7 @@ func (b *bench) startAgent(h *home, env ...string) (*agent, error) {
 	b.agents[a] = true
 	b.mu.Unlock()
 	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
+		<-a.p.Done()
 		conn.Close()
 	}()
 	return a, nil
@@ -301,33 +242,34 @@ func (a *agent) waitReady(timeout time.Duration) (time.Duration, error) {
 	select {
 	case t := <-a.ready:
 		return t.Sub(a.start), nil
-	case <-a.done:
-		return 0, fmt.Errorf("agent of %s exited before it was ready (%v):\n%s", a.h.u.name, a.err, a.log)
+	case <-a.p.Done():
+		return 0, fmt.Errorf("agent of %s exited before it was ready (%v):\n%s", a.h.u.Name, a.p.Err(), a.log)
 	case <-time.After(timeout):
-		return 0, fmt.Errorf("agent of %s not ready after %v:\n%s", a.h.u.name, timeout, a.log)
+		return 0, fmt.Errorf("agent of %s not ready after %v:\n%s", a.h.u.Name, timeout, a.log)
 	}
 }
 
 // waitLog waits until the agent has logged msg at or after since, and
 // returns the time of the first such line.
 func (a *agent) waitLog(msg string, since time.Time, timeout time.Duration) (time.Time, error) {
-	deadline := time.Now().Add(timeout)
-	for {
+	var at time.Time
+	poll.Until(timeout, func() bool {
 		for _, t := range logTimes(a.log.String(), msg) {
 			// Log times have millisecond precision.
 			if !t.Before(since.Truncate(time.Millisecond)) {
-				return t, nil
+				at = t
+				return true
 			}
 		}
-		select {
-		case <-a.done:
-			return time.Time{}, fmt.Errorf("agent of %s exited (%v):\n%s", a.h.u.name, a.err, a.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return time.Time{}, fmt.Errorf("agent of %s: no %q logged within %v:\n%s", a.h.u.name, msg, timeout, a.log)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return a.p.Exited()
+	})
+	switch {
+	case !at.IsZero():
+		return at, nil
+	case a.p.Exited():
+		return time.Time{}, fmt.Errorf("agent of %s exited (%v):\n%s", a.h.u.Name, a.p.Err(), a.log)
+	default:
+		return time.Time{}, fmt.Errorf("agent of %s: no %q logged within %v:\n%s", a.h.u.Name, msg, timeout, a.log)
 	}
 }
 
@@ -340,128 +282,61 @@ func (b *bench) stopAgent(a *agent) error {
 		delete(b.agents, a)
 		b.mu.Unlock()
 	}()
-	select {
-	case <-a.done:
-		return fmt.Errorf("agent of %s had already exited (%v):\n%s", a.h.u.name, a.err, a.log)
-	default:
+	if a.p.Exited() {
+		return fmt.Errorf("agent of %s had already exited (%v):\n%s", a.h.u.Name, a.p.Err(), a.log)
 	}
 	t0 := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-		a.stopped = time.Since(t0)
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
+	err := a.p.Stop(15 * time.Second)
+	if errors.Is(err, proc.ErrKilled) {
 		mounttab.Detach(a.h.tokens)
-		return fmt.Errorf("agent of %s did not exit within 15 s of SIGTERM; killed", a.h.u.name)
+		return fmt.Errorf("agent of %s: %w", a.h.u.Name, err)
 	}
+	a.stopped = time.Since(t0)
 	if mounttab.Mounted(a.h.tokens) {
 		mounttab.Detach(a.h.tokens)
-		return fmt.Errorf("agent of %s exited but left its mount", a.h.u.name)
+		return fmt.Errorf("agent of %s exited but left its mount", a.h.u.Name)
 	}
-	if a.err != nil {
-		return fmt.Errorf("agent of %s: exit after SIGTERM: %v:\n%s", a.h.u.name, a.err, a.log)
+	if err != nil {
+		return fmt.Errorf("agent of %s: exit after SIGTERM: %v:\n%s", a.h.u.Name, err, a.log)
 	}
 	return nil
 }
 
 // pid is the agent's process id.
-func (a *agent) pid() int { return a.cmd.Process.Pid }
-
-// verifydProc is `tokend verifyd` run as root over its own password
-// directory (root-owned 0600 key files) with a socket every user can reach.
-type verifydProc struct {
-	keys string
-	sock string
-	cmd  *exec.Cmd
-	log  *syncbuf.Buffer
-	done chan struct{}
-}
+func (a *agent) pid() int { return a.p.Pid() }
 
 // startVerifyd starts verifyd with key as its POOL and waits until it
 // answers.
-func (b *bench) startVerifyd(key []byte) (*verifydProc, error) {
-	root := filepath.Join(b.work, "verifyd")
-	v := &verifydProc{keys: filepath.Join(root, "passwords.d"), sock: filepath.Join(root, "run", "verify.sock"), log: &syncbuf.Buffer{}, done: make(chan struct{})}
-	if err := os.MkdirAll(v.keys, 0o700); err != nil {
+func (b *bench) startVerifyd(key []byte) (*verifydproc.Proc, error) {
+	v, err := verifydproc.New(b.tokend, filepath.Join(b.work, "verifyd"))
+	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(root, 0o711); err != nil {
+	if err := keys.Install(filepath.Join(v.Keys, token.PoolKeyName), key, 0, 0); err != nil {
 		return nil, err
 	}
-	if err := installFile(filepath.Join(v.keys, token.PoolKeyName), key, 0, 0); err != nil {
+	b.atExit(func() { v.Stop(10 * time.Second) })
+	if err := v.Start(10 * time.Second); err != nil {
 		return nil, err
 	}
-	config := filepath.Join(root, "verifyd.toml") // empty: /etc/tokend/verifyd.toml is not read
-	if err := os.WriteFile(config, nil, 0o600); err != nil {
-		return nil, err
-	}
-	v.cmd = exec.Command(b.tokend, "verifyd", "--config", config, "--socket", v.sock, "--password-dir", v.keys)
-	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
-	if err := v.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { v.cmd.Wait(); close(v.done) }()
-	b.atExit(v.stop)
-	c := verifyapi.NewClient(v.sock)
-	defer c.Close()
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Generation(ctx)
-		cancel()
-		if err == nil {
-			return v, nil
-		}
-		select {
-		case <-v.done:
-			return nil, fmt.Errorf("verifyd exited:\n%s", v.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("verifyd does not answer: %v\n%s", err, v.log)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// rotate installs a new POOL key by rename.
-func (v *verifydProc) rotate(key []byte) error {
-	return installFile(filepath.Join(v.keys, token.PoolKeyName), key, 0, 0)
-}
-
-// stop ends verifyd with SIGTERM.
-func (v *verifydProc) stop() {
-	select {
-	case <-v.done:
-		return
-	default:
-	}
-	v.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-v.done:
-	case <-time.After(10 * time.Second):
-		v.cmd.Process.Kill()
-		<-v.done
-	}
+	return v, nil
 }
 
 // workerCmd prepares this program's worker mode to run as u.
-func (b *bench) workerCmd(u account, args ...string) *exec.Cmd {
-	return asUser(exec.Command(b.self, append([]string{workerFlag}, args...)...), u)
+func (b *bench) workerCmd(u proc.User, args ...string) *exec.Cmd {
+	return proc.Command(u, b.self, append([]string{workerFlag}, args...)...)
 }
 
 // runWorker runs a worker job as u with stdin and returns its stdout.
-func (b *bench) runWorker(u account, stdin []byte, args ...string) ([]byte, error) {
-	cmd := b.workerCmd(u, args...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("worker %s as %s: %v: %s", args[0], u.name, err, bytes.TrimSpace(stderr.Bytes()))
+func (b *bench) runWorker(u proc.User, stdin []byte, args ...string) ([]byte, error) {
+	r, err := proc.Run(b.workerCmd(u, args...), string(stdin))
+	if err == nil && r.Code != 0 {
+		err = fmt.Errorf("exit status %d", r.Code)
 	}
-	return out, nil
+	if err != nil {
+		return nil, fmt.Errorf("worker %s as %s: %v: %s", args[0], u.Name, err, strings.TrimSpace(r.Stderr))
+	}
+	return []byte(r.Stdout), nil
 }
 
 // putTokens writes tokens into u's token directory through the mount, with
@@ -481,7 +356,7 @@ type watcher struct {
 
 // startWatch starts a watch job and waits until it has taken its first
 // look (for "gone": noted every token shown now).
-func (b *bench) startWatch(u account, dir, mode string, timeout time.Duration) (*watcher, error) {
+func (b *bench) startWatch(u proc.User, dir, mode string, timeout time.Duration) (*watcher, error) {
 	cmd := b.workerCmd(u, "watch", dir, mode, timeout.String())
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -39,7 +39,7 @@ func (b *bench) reading() error {
 	if err := os.Mkdir(tmpfs, 0o700); err != nil {
 		return err
 	}
-	if err := os.Chown(tmpfs, h.u.uid, h.u.gid); err != nil {
+	if err := os.Chown(tmpfs, h.u.UID, h.u.GID); err != nil {
 		return err
 	}
 	a, err := b.startServing(h)

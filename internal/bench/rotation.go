@@ -22,7 +22,7 @@ func (b *bench) rotation() error {
 		return err
 	}
 	h := hs[0]
-	if err := h.writeConfig(b.verifyd.sock, nil); err != nil {
+	if err := h.writeConfig(b.verifyd.Sock, nil); err != nil {
 		return err
 	}
 	a, err := b.startServing(h)
@@ -43,7 +43,7 @@ const rotationRuns = 5
 // baseline) and the stale tokens leaving the directory.
 func (b *bench) rotationLatency(a *agent, h *home) error {
 	const section = secRotation
-	c := verifyapi.NewClient(b.verifyd.sock)
+	c := verifyapi.NewClient(b.verifyd.Sock)
 	defer c.Close()
 	var gone, seen, fresh []time.Duration
 	for i := range rotationRuns {

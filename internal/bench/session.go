@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tokend/tokend/internal/testenv/poll"
+	"github.com/tokend/tokend/internal/testenv/proc"
 	"github.com/tokend/tokend/mounttab"
 )
 
@@ -34,9 +36,9 @@ func (b *bench) sessions() error {
 	h := hs[0]
 	// The session's agent uses the defaults: the user's config file, token
 	// directory and runtime directory.
-	h.tokens = filepath.Join(u.home, ".condor", "tokens.d")
+	h.tokens = filepath.Join(u.Home, ".condor", "tokens.d")
 	h.sock = ""
-	runtime := filepath.Join("/run/user", strconv.Itoa(u.uid))
+	runtime := filepath.Join("/run/user", strconv.Itoa(u.UID))
 	undo, err := b.sessionFiles(h, runtime)
 	b.atExit(func() { b.endSessionAgents(u); undo() }) // also when interrupted
 	defer undo()
@@ -86,7 +88,7 @@ var errNoSession = errors.New("tokend session not available")
 // sessionRun opens a session for u and times it until the user's read
 // sequence finds a token in dir, then closes it and times it until dir is
 // no longer mounted. fetch is the fetch's own time, from the agent's log.
-func (b *bench) sessionRun(u account, dir, runtime string) (open, fetch, closed time.Duration, err error) {
+func (b *bench) sessionRun(u proc.User, dir, runtime string) (open, fetch, closed time.Duration, err error) {
 	w, err := b.startWatch(u, dir, "appear", 20*time.Second)
 	if err != nil {
 		return 0, 0, 0, err
@@ -153,16 +155,16 @@ func (b *bench) sessionFiles(h *home, runtime string) (func(), error) {
 		}
 		os.Chmod(filepath.Dir(runtime), 0o755)
 		undo = append(undo, func() { os.RemoveAll(made) })
-		if err := os.Chown(runtime, h.u.uid, h.u.gid); err != nil {
+		if err := os.Chown(runtime, h.u.UID, h.u.GID); err != nil {
 			return undoAll, err
 		}
 	}
-	cfgDir := filepath.Join(h.u.home, ".config", "tokend")
-	for _, d := range []string{filepath.Join(h.u.home, ".config"), cfgDir, filepath.Join(h.u.home, ".condor"), h.tokens} {
+	cfgDir := filepath.Join(h.u.Home, ".config", "tokend")
+	for _, d := range []string{filepath.Join(h.u.Home, ".config"), cfgDir, filepath.Join(h.u.Home, ".condor"), h.tokens} {
 		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
 			return undoAll, err
 		}
-		if err := os.Chown(d, h.u.uid, h.u.gid); err != nil {
+		if err := os.Chown(d, h.u.UID, h.u.GID); err != nil {
 			return undoAll, err
 		}
 	}
@@ -174,18 +176,18 @@ func (b *bench) sessionFiles(h *home, runtime string) (func(), error) {
 		}
 	})
 	h.config = filepath.Join(cfgDir, "config.toml")
-	return undoAll, h.writeConfig(b.verifyd.sock, map[string]string{"dir": `""`, "socket": `""`})
+	return undoAll, h.writeConfig(b.verifyd.Sock, map[string]string{"dir": `""`, "socket": `""`})
 }
 
 // sessionHook runs `tokend session ACTION` as root, as pam_exec would for
 // the user: through tokend-pam, the launcher beside tokend (make build
 // makes both).
-func (b *bench) sessionHook(u account, runtime, action string) (string, error) {
+func (b *bench) sessionHook(u proc.User, runtime, action string) (string, error) {
 	cmd := exec.Command(filepath.Join(filepath.Dir(b.tokend), "tokend-pam"), action)
 	cmd.Env = []string{
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"PAM_TYPE=" + action + "_session",
-		"PAM_USER=" + u.name,
+		"PAM_USER=" + u.Name,
 		"PAM_SERVICE=tokend-bench",
 		"XDG_RUNTIME_DIR=" + runtime,
 	}
@@ -197,7 +199,7 @@ func (b *bench) sessionHook(u account, runtime, action string) (string, error) {
 
 // endSessionAgents stops agents that `tokend session open` started for u
 // (processes of u running the tokend binary), and detaches their mount.
-func (b *bench) endSessionAgents(u account) {
+func (b *bench) endSessionAgents(u proc.User) {
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		exe, err := os.Readlink(filepath.Join(p, "exe"))
@@ -207,17 +209,13 @@ func (b *bench) endSessionAgents(u account) {
 		// An agent is not dumpable, so /proc/PID belongs to root: read
 		// the real uid from its status.
 		status, err := os.ReadFile(filepath.Join(p, "status"))
-		if err != nil || !bytes.Contains(status, []byte(fmt.Sprintf("\nUid:\t%d\t", u.uid))) {
+		if err != nil || !bytes.Contains(status, []byte(fmt.Sprintf("\nUid:\t%d\t", u.UID))) {
 			continue
 		}
 		pid, _ := strconv.Atoi(filepath.Base(p))
 		syscall.Kill(pid, syscall.SIGTERM)
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			if syscall.Kill(pid, 0) != nil {
-				break
-			}
-		}
+		poll.Until(10*time.Second, func() bool { return syscall.Kill(pid, 0) != nil })
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	mounttab.Detach(filepath.Join(u.home, ".condor", "tokens.d"))
+	mounttab.Detach(filepath.Join(u.Home, ".condor", "tokens.d"))
 }

@@ -34,6 +34,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
 
 // workerFlag, as the first argument, makes this program a worker.
@@ -85,14 +86,14 @@ func writeJob(dir, prefix string, in io.Reader) error {
 
 // shownTokens runs the read sequence on dir and returns every token read.
 func shownTokens(dir string) (map[string]bool, error) {
-	files, err := condor.Read(dir, os.Getuid())
+	r, err := simwire.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]bool{}
-	for _, f := range files {
+	for _, f := range r.Files {
 		for _, t := range f.Tokens {
-			out[string(t)] = true
+			out[t] = true
 		}
 	}
 	return out, nil

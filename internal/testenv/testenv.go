@@ -2,6 +2,13 @@
 // binaries runnable by those users, directories they can reach, polling with
 // a deadline, and the end-of-run check that nothing was left behind.
 //
+// What the benchmark (internal/bench, an ordinary program) shares with the
+// tests is in subpackages that do not import testing: proc (processes run
+// as a user, stopped with a bounded wait), poll (waiting for a condition),
+// keys (key files and signed tokens), verifydproc (a verifyd run as root)
+// and simwire (the JSON of condorsim and peek, and the read sequence in that
+// form).
+//
 // Most end-to-end tests run as root (CI does, through `make test`): only root
 // can act as the ordinary users that FUSE's access rules are about, and
 // .ci/setup creates those users. Run by an ordinary user, such a test skips
@@ -14,15 +21,15 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokend/tokend/internal/testenv/poll"
+	"github.com/tokend/tokend/internal/testenv/proc"
 )
 
 // The ordinary users the tests act as; .ci/setup creates them.
@@ -32,11 +39,7 @@ const (
 )
 
 // User is a local account.
-type User struct {
-	Name     string
-	UID, GID int
-	Home     string
-}
+type User = proc.User
 
 // AllEnv is set by `make test`: every test must run, none may skip.
 const AllEnv = "TOKEND_TEST_ALL"
@@ -64,13 +67,11 @@ func missing(t testing.TB, msg string) {
 func Lookup(t testing.TB, name string) User {
 	t.Helper()
 	RequireRoot(t, "it acts as the test user "+name)
-	u, err := user.Lookup(name)
+	u, err := proc.LookupUser(name)
 	if err != nil {
 		t.Fatalf("test user %s is missing (%v): run .ci/setup as root to create it", name, err)
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return User{Name: u.Username, UID: uid, GID: gid, Home: u.HomeDir}
+	return u
 }
 
 // RequireFUSE skips (or, under `make test`, fails) the test unless FUSE
@@ -115,40 +116,44 @@ func Dir(t testing.TB, u User) string {
 	return dir
 }
 
-// Command returns cmd prepared to run as u with a clean environment.
+// Command returns a command that runs as u with a clean environment
+// (proc.Command).
 func Command(u User, name string, args ...string) *exec.Cmd {
-	cmd := exec.Command(name, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential: &syscall.Credential{Uid: uint32(u.UID), Gid: uint32(u.GID), Groups: []uint32{uint32(u.GID)}},
-		Setpgid:    true,
-	}
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + u.Home,
-		"USER=" + u.Name,
-		"LOGNAME=" + u.Name,
-		// Race-enabled binaries otherwise sleep a second at exit.
-		"GORACE=atexit_sleep_ms=0",
-	}
-	if u.UID == 0 {
-		cmd.SysProcAttr.Credential = nil
-	}
-	return cmd
+	return proc.Command(u, name, args...)
 }
 
-// Eventually polls cond every few milliseconds until it is true or the
-// deadline passes, then fails the test with what.
+// Eventually polls cond, more and more rarely up to every 50 ms, until it
+// is true or the deadline passes, then fails the test with what.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
-		if cond() {
-			return
+	if !poll.Until(timeout, cond) {
+		t.Fatalf("after %v: %s", timeout, what)
+	}
+}
+
+// CopyKeys copies the key files of the folder src (every file but the
+// tokens, *.jwt) into dst with mode 0600: git does not keep modes.
+func CopyKeys(t testing.TB, src, dst string) {
+	t.Helper()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".jwt") {
+			continue
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, what)
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(wait)
+		p := filepath.Join(dst, e.Name())
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

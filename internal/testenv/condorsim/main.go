@@ -13,31 +13,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
-
-// File is one file as the tools read it.
-type File struct {
-	Path   string   `json:"path"`
-	Tokens []string `json:"tokens"`
-	Err    string   `json:"err,omitempty"`
-}
-
-// Read is the output of `read`.
-type Read struct {
-	Files []File `json:"files"`
-	Pick  string `json:"pick"`
-}
 
 func main() {
 	if len(os.Args) < 3 {
@@ -49,7 +35,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "read":
-		out, err = read(dir)
+		out, err = simwire.ReadDir(dir)
 	case "write", "append":
 		tok, _ := io.ReadAll(os.Stdin)
 		path := filepath.Join(dir, os.Args[3])
@@ -58,7 +44,7 @@ func main() {
 		} else {
 			err = condor.Append(path, bytes.TrimSpace(tok))
 		}
-		out = map[string]string{"errno": errnoName(err)}
+		out = simwire.Write{Errno: simwire.Errno(err)}
 		err = nil
 	case "access":
 		out = access(dir, os.Args[3])
@@ -74,46 +60,15 @@ func main() {
 	json.NewEncoder(os.Stdout).Encode(out)
 }
 
-func read(dir string) (Read, error) {
-	files, err := condor.Read(dir, os.Getuid())
-	if err != nil {
-		return Read{}, err
-	}
-	var r Read
-	for _, f := range files {
-		jf := File{Path: f.Path, Tokens: []string{}}
-		for _, t := range f.Tokens {
-			jf.Tokens = append(jf.Tokens, string(t))
-		}
-		if f.Err != nil {
-			jf.Err = f.Err.Error()
-		}
-		r.Files = append(r.Files, jf)
-	}
-	if _, tok, ok := condor.Pick(files); ok {
-		r.Pick = string(tok)
-	}
-	return r, nil
-}
-
-// Watch is the output of `watch`.
-type Watch struct {
-	Reads    int      `json:"reads"`
-	NoToken  int      `json:"no_token"` // reads where the tools would have had no token
-	Failures []string `json:"failures"` // read_secure_file failures (short read, modified, ...)
-	Distinct int      `json:"distinct"` // different tokens picked
-	Seen     []string `json:"seen"`     // every different token read, in any file (at most maxSeen)
-}
-
-// maxSeen bounds Watch.Seen.
+// maxSeen bounds simwire.Watch.Seen.
 const maxSeen = 1000
 
-func watch(dir, seconds string) (Watch, error) {
+func watch(dir, seconds string) (simwire.Watch, error) {
 	d, err := time.ParseDuration(seconds + "s")
 	if err != nil {
-		return Watch{}, err
+		return simwire.Watch{}, err
 	}
-	w := Watch{Failures: []string{}, Seen: []string{}}
+	w := simwire.Watch{Failures: []string{}, Seen: []string{}}
 	seen := map[string]bool{}
 	read := map[string]bool{}
 	for end := time.Now().Add(d); time.Now().Before(end); {
@@ -145,10 +100,10 @@ func watch(dir, seconds string) (Watch, error) {
 }
 
 // access tries every kind of operation on dir and dir/name.
-func access(dir, name string) map[string]string {
+func access(dir, name string) simwire.Access {
 	p := filepath.Join(dir, name)
-	res := map[string]string{}
-	try := func(op string, f func() error) { res[op] = errnoName(f()) }
+	res := simwire.Access{}
+	try := func(op string, f func() error) { res[op] = simwire.Errno(f()) }
 	try("readdir", func() error { _, err := os.ReadDir(dir); return err })
 	try("stat-dir", func() error { _, err := os.Stat(dir); return err })
 	try("stat", func() error { _, err := os.Stat(p); return err })
@@ -195,16 +150,4 @@ func access(dir, name string) map[string]string {
 	try("listxattr", func() error { _, err := unix.Listxattr(p, make([]byte, 256)); return err })
 	try("getxattr-dir", func() error { _, err := unix.Getxattr(dir, "user.x", make([]byte, 64)); return err })
 	return res
-}
-
-// errnoName is "" for success, else the errno's name (EACCES, ...).
-func errnoName(err error) string {
-	if err == nil {
-		return ""
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return unix.ErrnoName(e)
-	}
-	return err.Error()
 }

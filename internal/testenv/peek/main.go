@@ -16,9 +16,10 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tokend/tokend/internal/testenv/simwire"
 )
 
 func main() {
@@ -32,11 +33,11 @@ func main() {
 		os.Exit(2)
 	}
 	proc := "/proc/" + os.Args[1]
-	res := map[string]string{}
-	try := func(op string, f func() error) { res[op] = errnoName(f()) }
+	res := simwire.Access{}
+	try := func(op string, f func() error) { res[op] = simwire.Errno(f()) }
 
 	addr, mapsErr := readableAddr(proc + "/maps")
-	res["maps"] = errnoName(mapsErr)
+	res["maps"] = simwire.Errno(mapsErr)
 	try("mem", func() error {
 		f, err := os.Open(proc + "/mem")
 		if err != nil {
@@ -95,15 +96,4 @@ func readableAddr(path string) (uintptr, error) {
 		return 0x400000, err
 	}
 	return 0x400000, errors.New("no readable mapping")
-}
-
-func errnoName(err error) string {
-	if err == nil {
-		return ""
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return unix.ErrnoName(e)
-	}
-	return err.Error()
 }
