@@ -348,9 +348,12 @@ func takeLock(path string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
 			f.Close()
 			return nil, errLocked
+		} else if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("could not lock %s: %w", path, err)
 		}
 		if lockCurrent(f, path) {
 			return f, nil

@@ -208,7 +208,7 @@ func sessionOpen(ctx context.Context, o session.Options, stdout, stderr io.Write
 	st := res.Status
 	how := "agent running"
 	if res.Started {
-		how = fmt.Sprintf("agent started (pid %d, log %s)", st.PID, res.Log)
+		how = fmt.Sprintf("agent started (pid %d, log %s)", st.PID, logsafe.Text(res.Log))
 	}
 	fmt.Fprintf(stderr, "tokend session open for %s: %s; %d login sessions; %s\n", who(), how, res.Sessions, logsafe.Text(describeSession(st.Session)))
 	// What the user must know at login also goes to standard output, which

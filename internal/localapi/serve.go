@@ -391,7 +391,9 @@ func (w *response) encode(keep bool) []byte {
 	noBody := status < 200 || status == http.StatusNoContent || status == http.StatusNotModified
 	if noBody {
 		h.Del("Content-Length")
-	} else if h.Get("Content-Length") == "" {
+	} else {
+		// Always the length written: a handler's own figure could
+		// desynchronize a kept-alive connection.
 		h.Set("Content-Length", strconv.Itoa(len(w.body)))
 	}
 	h.Del("Transfer-Encoding")

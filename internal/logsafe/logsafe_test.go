@@ -14,6 +14,7 @@ func TestText(t *testing.T) {
 		"bad \xff\xfe utf8":               `bad \xff\xfe utf8`,
 		"c1 \u0085 ls \u2028 ps \u2029":   `c1 \u0085 ls \u2028 ps \u2029`,
 		"rlo \u202e evil \u2066":          `rlo \u202e evil \u2066`,
+		"hid\u200bden\ufeff\U000e0041":    `hid\u200bden\ufeff\ue0041`,
 		`a backslash \n stays as it is`:   `a backslash \n stays as it is`,
 		"":                                "",
 	} {

@@ -178,10 +178,12 @@ func judge(p string, fi os.FileInfo, parent level, t Trust) (level, string) {
 	mode := fi.Mode()
 	ownerOK := st.Uid == 0 || slices.Contains(t.UIDs, int(st.Uid))
 	if parent == sticky && !mode.IsDir() {
-		if mode&os.ModeSymlink != 0 && ownerOK {
+		// One link only: with fs.protected_hardlinks off, anyone could
+		// hard-link root's symlink from elsewhere into the directory.
+		if mode&os.ModeSymlink != 0 && ownerOK && st.Nlink == 1 {
 			return trusted, ""
 		}
-		return untrusted, fmt.Sprintf("is in the sticky directory %s, where anyone can make a link, and is not a symlink of root's or the condor user's", filepath.Dir(p))
+		return untrusted, fmt.Sprintf("is in the sticky directory %s, where anyone can make a link, and is not a symlink of root's or the condor user's with a single link", filepath.Dir(p))
 	}
 	groupOK := st.Gid == 0 || slices.Contains(t.GIDs, int(st.Gid))
 	groupWrite := st.Mode&0o020 != 0 && !groupOK

@@ -157,6 +157,15 @@ func TestFileOwners(t *testing.T) {
 	if got, err := File(keys+"/INSTICKY", trust); err != nil || got != base+"/store/AP" {
 		t.Errorf("root's symlink in a sticky directory: %q, %v", got, err)
 	}
+	// The same symlink with a second link (fs.protected_hardlinks off lets
+	// anyone make one) is not trusted: it may have been put there by anyone.
+	if err := os.Link(filepath.Join(base, "sticky/LINK"), filepath.Join(base, "sticky/LINK2")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := File(keys+"/INSTICKY", trust); err == nil || !strings.Contains(err.Error(), base+"/sticky/LINK is in the sticky directory") {
+		t.Errorf("root's symlink with two links in a sticky directory: %v", err)
+	}
+	os.Remove(filepath.Join(base, "sticky/LINK2"))
 	chown("sticky/LINK", stranger, stranger)
 	if _, err := File(keys+"/INSTICKY", trust); err == nil || !strings.Contains(err.Error(), base+"/sticky/LINK is in the sticky directory") {
 		t.Errorf("a stranger's symlink in a sticky directory: %v", err)
