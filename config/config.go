@@ -309,8 +309,10 @@ type reporter func(key, value, want string)
 func checkPath(bad reporter, key, p string) {
 	switch {
 	case p == "":
-	case strings.IndexByte(p, 0) >= 0:
-		bad(key, quote(p), "want a path without NUL bytes")
+	case strings.ContainsFunc(p, isControl):
+		// A path ends up in logs (the PAM hook's among them), where a
+		// newline would forge a line.
+		bad(key, quote(p), "want a path without control characters (NUL, newline, ...)")
 	case !filepath.IsAbs(p):
 		bad(key, quote(p), `want an absolute path (starting with "/") or "" for the default`)
 	}

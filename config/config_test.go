@@ -460,6 +460,7 @@ func TestCheck(t *testing.T) {
 		{"zero limits", func(c *Config) { c.Limits = Limits{} },
 			[]string{"limits.max_files", "limits.max_file_size", "limits.max_name_len"}},
 		{"NUL in path", func(c *Config) { c.Dir = "/a\x00b" }, []string{"dir"}},
+		{"newline in path", func(c *Config) { c.Socket = "/tmp/x\nFORGED LINE" }, []string{"socket"}},
 		{"NUL in argument", func(c *Config) { c.Validate.Probe = []string{"ping", "a\x00"} }, []string{"validate.probe"}},
 		{"control character in identity", func(c *Config) { c.Fetch.Local.Identity = "a\nb" }, []string{"fetch.local.identity"}},
 		{"empty enums", func(c *Config) { c.Legacy = ""; c.Fetch.Method = "" }, []string{"legacy", "fetch.method"}},
