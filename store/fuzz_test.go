@@ -191,6 +191,16 @@ type modelFile struct {
 	seq     int         // when its mtime last changed: eviction takes the oldest
 }
 
+// anyRemembered reports whether a token line of m is remembered.
+func (m *modelFile) anyRemembered() bool {
+	for _, l := range m.lines {
+		if l.state == lineRemembered {
+			return true
+		}
+	}
+	return false
+}
+
 // shownTokens returns the shown token lines, in order.
 func (m *modelFile) shownTokens() [][]byte {
 	out := [][]byte{}
@@ -293,13 +303,13 @@ func (h *harness) drop(name string) {
 }
 
 // room is the store's roomLocked: it evicts the oldest hidden files at the
-// limit (pending files count), and fails with ErrTooMany when every file is
-// shown or pending.
+// limit (pending files count) but never one holding remembered tokens, and
+// fails with ErrTooMany when every file is shown, pending or remembered.
 func (h *harness) room() error {
 	for len(h.model)+len(h.pending) >= fuzzLimits.MaxFiles {
 		victim := ""
 		for n, m := range h.model {
-			if !m.visible && (victim == "" || m.seq < h.model[victim].seq) {
+			if !m.visible && !m.anyRemembered() && (victim == "" || m.seq < h.model[victim].seq) {
 				victim = n
 			}
 		}
