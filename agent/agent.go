@@ -63,6 +63,7 @@ type Agent struct {
 
 	store  *store.Store
 	fs     *fusefs.FS
+	gates  gater // the mount's gates; nil before it is mounted (and in tests)
 	pools  []*pool // the default pool first
 	router *validate.Router
 	// condorTD is HTCondor's TRUST_DOMAIN, read once at start when the
@@ -221,6 +222,9 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		if p.verifyd != nil {
 			wg.Go(func() {
 				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
+					if ev == verifydFirst || ev == verifydBack {
+						p.noSlots.Store(false) // it may have been upgraded
+					}
 					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
 						a.recheck.Store(true) // kept tokens too: their pool may have changed
 					}
@@ -266,12 +270,13 @@ func (a *Agent) Logout() { a.once.Do(func() { close(a.logout) }) }
 // changed, a new epoch, in which a kept token that still does not verify
 // counts a miss (and kept tokens are checked again). jitter: the change
 // reached every agent on the host at once (a rotation, verifyd back after
-// a restart), so a session token it made stale is fetched again after a
-// random delay.
+// a restart), so a session token it made stale is fetched again at a pace:
+// at a slot verifyd grants, else after a random delay (policy.go).
 func (a *Agent) onRotation(p *pool, rotated, jitter bool) {
 	if jitter {
+		// Before the epoch moves: a pass that sees the new epoch sees it.
 		a.mu.Lock()
-		p.session.rotatedAt = time.Now()
+		p.inbox.rotatedAt = time.Now()
 		a.mu.Unlock()
 	}
 	if rotated {
