@@ -63,7 +63,7 @@ type Agent struct {
 
 	store  *store.Store
 	fs     *fusefs.FS
-	gates  gater // the mount's gates; nil before it is mounted (and in tests)
+	gates  gater   // the mount's gates; nil before it is mounted (and in tests)
 	pools  []*pool // the default pool first
 	router *validate.Router
 	// condorTD is HTCondor's TRUST_DOMAIN, read once at start when the

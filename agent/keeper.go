@@ -311,4 +311,3 @@ func (a *Agent) progress(p *pool) func(fetch.Progress) {
 		}
 	}
 }
-
