@@ -52,7 +52,9 @@ type session struct {
 	next     time.Time // the next fetch (refresh, retry, slot); zero: none planned
 	iat, exp int64     // the shown token whose refresh next is (exp: effective)
 	removed  bool      // the user removed it: not fetched until asked
-	seen     bool      // the last pass saw it shown
+	// The last pass saw it: shown; usable (shown, its key known); lost
+	// for a key's sake (hidden rotated-key, or shown unknown-key).
+	seen, usable, lost bool
 
 	// Key generations (epoch + 1; 0 = never).
 	passGen      uint64 // of the last pass
@@ -61,7 +63,9 @@ type session struct {
 	keyGen       uint64 // a key change last made the token unusable
 
 	// The refetch after a key change: paced by a slot, or by the gate.
-	keyFetch   bool   // the planned fetch is that refetch
+	// keyFetch: the planned fetch is that refetch; while a fetch runs, a
+	// key change came after it started and the refetch is still owed.
+	keyFetch   bool
 	slotGen    uint64 // the generation the last slot was asked in; 0: none
 	slotWait   bool   // an answer is awaited; no fetch before it
 	slotUrgent bool   // the last ask was urgent
@@ -180,18 +184,23 @@ func (pol *policy) decide(s session, in policyIn) (session, decision) {
 		// The fresh token is in the store (or the old one came back).
 		s.gated, d.Gate = false, gateOpen
 	}
-	// A key change made the token unusable: it was usable in the
-	// generation of the last pass or later, no longer is in this one, for
-	// a key's sake. Once per generation: retries never count.
-	// (An unknown-key token counts when it is to be refetched: not
-	// when it is the one this generation's fetch brought.)
+	// A key change made the token unusable: the last pass saw it usable
+	// (or lost already, in the generation it was usable in: the check
+	// saw the new key before the key change was reported), and in this
+	// generation it is lost for a key's sake. Once per generation:
+	// retries never count. (An unknown-key token counts when it is to be
+	// refetched: not when this generation's fetch brought it.)
 	keyLost := v.Shown && v.Reason == token.UnknownKey && s.unknownKeyAt != gen ||
 		!v.Shown && v.Present && v.Reason == token.RotatedKey
-	keyChange := keyLost && !s.removed && s.usableGen != 0 && s.usableGen != gen && s.usableGen >= s.passGen && s.keyGen != gen
+	keyChange := keyLost && !s.removed && s.keyGen != gen && s.usableGen != gen &&
+		(s.usable || s.lost && s.usableGen != 0 && s.usableGen == s.passGen)
 	if keyChange {
 		s.keyGen = gen
 		if pol.gate && !s.gated {
 			s.gated, d.Gate = true, gateClose
+		}
+		if s.fetching {
+			s.keyFetch = true // owed once the running fetch ends
 		}
 		d.note(slog.LevelInfo, "a key change made the session token unusable; fetching a fresh one", "reason", string(v.Reason), "gate", s.gated, "slot", in.Slots)
 	}
@@ -200,7 +209,7 @@ func (pol *policy) decide(s session, in policyIn) (session, decision) {
 		pol.plan(&s, in, keyChange, &d)
 		pol.pace(&s, in, &d)
 	}
-	s.seen = v.Shown
+	s.seen, s.usable, s.lost = v.Shown, usable, keyLost
 	s.passGen = gen
 
 	if !s.fetching && !s.removed && !s.next.IsZero() && !in.Now.Before(s.next) {
@@ -218,14 +227,22 @@ func (pol *policy) decide(s session, in policyIn) (session, decision) {
 // pass's checks have seen the token shown: one hidden at once is a failed
 // fetch, so a pool that signs with a key this host cannot verify backs off
 // rather than fetching in a loop.
+//
+// A fetch that started before a key change (owed: its refetch is still to
+// come) and fails leaves the gate closed and the refetch at the key
+// change's pace; any other end opens the gate: the fresh token is in the
+// store, or none will come.
 func (pol *policy) ended(s *session, in policyIn, d *decision) {
 	now := in.Now
 	s.fetching, s.requestID = false, ""
 	once := s.forUnknownKey
 	s.forUnknownKey = false
-	if s.gated {
-		// The fresh token is in the store, or none will come.
-		s.gated, d.Gate = false, gateOpen
+	owed := s.keyFetch
+	openGate := func() {
+		s.keyFetch = false
+		if s.gated {
+			s.gated, d.Gate = false, gateOpen
+		}
 	}
 	if r := in.Done; r.err == nil {
 		s.lastFetch = now
@@ -233,16 +250,32 @@ func (pol *policy) ended(s *session, in policyIn, d *decision) {
 		s.iat = 0 // plan the new token's refresh, whatever its claims
 		v := in.View
 		if v.Present && !v.Shown && r.tok != nil && v.Token == *r.tok {
-			pol.failed(s, now, fmt.Sprintf("the fetched token was hidden at its first check (%s): is the pool's signing key in sync?", v.Reason))
+			why := fmt.Sprintf("the fetched token was hidden at its first check (%s): is the pool's signing key in sync?", v.Reason)
+			if owed {
+				s.failures, s.lastErr = s.failures+1, why
+				pol.keyPlan(s, in, d)
+				d.note(slog.LevelInfo, "the session token fetched before the key change was hidden at its first check; fetching a fresh one", "reason", string(v.Reason))
+				return
+			}
+			openGate()
+			pol.failed(s, now, why)
 			d.note(slog.LevelError, "the fetched session token was hidden at its first check; will retry", "reason", string(v.Reason),
 				"failures", s.failures, "retry_at", s.next.Format(time.TimeOnly))
 			return
 		}
 		// Shown, or replaced meanwhile (a write, tokend fetch).
+		openGate()
 		s.failures, s.lastErr = 0, ""
 		return
 	}
 	err := in.Done.err
+	if owed {
+		s.failures, s.lastErr = s.failures+1, err.Error()
+		pol.keyPlan(s, in, d)
+		d.note(slog.LevelError, "could not fetch the session token; fetching again for the key change", "err", err, "failures", s.failures)
+		return
+	}
+	openGate()
 	if once {
 		// The unknown-key token is still shown: keep it until its
 		// refresh, or the next key change.
@@ -306,9 +339,12 @@ func (pol *policy) plan(s *session, in policyIn, keyChange bool, d *decision) {
 			// The pool has no key of its kid: a fresh token may have
 			// one. Once per key generation; the fresh one replaces it.
 			s.unknownKeyAt, s.forUnknownKey = gen, true
-			if keyChange {
+			switch {
+			case keyChange:
 				pol.keyPlan(s, in, d)
-			} else {
+			case s.keyFetch:
+				// Paced already (owed by a fetch that ran at the key change).
+			default:
 				s.next = pol.soon(in)
 			}
 			d.note(slog.LevelInfo, "the pool has no key for the session token's kid; fetching a fresh one", "token", &v.Token)
