@@ -384,8 +384,8 @@ func (pol *policy) pace(s *session, in policyIn, d *decision) {
 	}
 	gen := in.Epoch + 1
 	for _, a := range in.SlotAnswers {
-		if a.Gen != s.slotGen || a.Gen != gen {
-			continue // asked in an earlier generation: cancelled
+		if a.Gen != s.slotGen {
+			continue // superseded: a new generation cancelled it
 		}
 		if a.Urgent == s.slotUrgent {
 			s.slotWait = false
