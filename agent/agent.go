@@ -194,6 +194,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		}
 		return fmt.Errorf("%w (`tokend doctor` checks fuse3, /dev/fuse and fusermount3)", err)
 	}
+	a.gates = fsGates{a.fs}
 	a.removeMoved(under, moved)
 	defer func() {
 		// Zero first, so nothing is readable while the mount goes away.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/tokend/tokend/fusefs"
 )
 
 // gater closes gates on the mount (fusefs.FS): after a key change made a
@@ -19,6 +21,14 @@ type gate interface {
 	Open()
 	Waiting() <-chan struct{} // closed at the first arrival: a tool is waiting
 }
+
+// fsGates is the mount's gates.
+type fsGates struct{ fs *fusefs.FS }
+
+func (g fsGates) CloseGate(names []string, wait time.Duration) gate {
+	return g.fs.CloseGate(names, wait)
+}
+func (g fsGates) OpenGates() { g.fs.OpenGates() }
 
 // closeGate closes a gate on p's session token, opening the one before, and
 // watches for a tool waiting at it: that makes the refetch urgent. Called
