@@ -11,6 +11,12 @@
 // in locked memory by the store and judged again at each key change of its
 // pool (keeper.go, recheckRemembered): it comes back when it verifies, and
 // is zeroed after two key changes in which it did not.
+//
+// What the agent does about each pool's session token (fetch, refresh,
+// back off, refetch after a key change at a slot verifyd grants, close the
+// mount's gate meanwhile) is decided by a pure function (policy.go); the
+// loop (keeper.go) gathers its inputs, wakes on one channel, and carries
+// out its decisions.
 package agent
 
 import (
