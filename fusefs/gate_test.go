@@ -83,7 +83,13 @@ func (f *gateFixture) start(t *testing.T, script string) *tool {
 
 func (f *gateFixture) startCmd(t *testing.T, cmd *exec.Cmd) *tool {
 	t.Helper()
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
 	cmd.Env = append(cmd.Env, "MOUNT="+f.dir)
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	tl := &tool{cmd: cmd, out: out, done: make(chan error, 1), at: time.Now()}
@@ -95,7 +101,8 @@ func (f *gateFixture) startCmd(t *testing.T, cmd *exec.Cmd) *tool {
 		select {
 		case <-tl.done:
 		default:
-			cmd.Process.Kill()
+			// The whole group: a held child would keep the output open.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-tl.done
 		}
 	})
@@ -288,14 +295,30 @@ func TestGateInterrupt(t *testing.T) {
 
 // Two tokens hidden at once, a listing held at both gates, and a file
 // created while it is held: nothing deadlocks with the notifier, whose
-// entry invalidations wait for the held listing.
+// entry invalidations wait for the held listing while its inode ones go on.
 func TestGateTwoTokensAndTouch(t *testing.T) {
 	f := mountForUser(t, standIn(t))
+	other := newToken(t, "other@x")
+	f.put(t, "other", append(other, '\n'))
 	for _, name := range []string{"tokend-session", "tokend-b"} {
 		f.put(t, name, append(newToken(t, name+"-old@x"), '\n'))
 	}
 	if _, err := f.start(t, `ls "$MOUNT"; cat "$MOUNT/tokend-session" "$MOUNT/tokend-b" >/dev/null`).wait(t, quick); err != nil {
 		t.Fatalf("warming the caches: %v", err)
+	}
+	// A reader keeps another token open, its pages cached.
+	fd, err := os.Open(f.path("other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	reads := func() bool {
+		buf := make([]byte, 4096)
+		n, _ := fd.ReadAt(buf, 0)
+		return strings.Contains(string(buf[:n]), string(other))
+	}
+	if !reads() {
+		t.Fatal("cannot read the other token")
 	}
 	f.hide(t, "tokend-session")
 	f.hide(t, "tokend-b")
@@ -313,6 +336,17 @@ func TestGateTwoTokensAndTouch(t *testing.T) {
 	if isClosed(b.opened) || !ls.running() {
 		t.Fatal("the listing went on with gate b still closed")
 	}
+	// The fresh token's entry invalidation is held back; an inode
+	// invalidation after it goes at once: the open reader stops reading
+	// a removed token while the listing is still held.
+	testenv.Eventually(t, quick, "the fresh token's entry invalidation was not held back", func() bool { return f.pending() > 0 })
+	if err := f.store.Remove("other"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, quick, "an open reader still reads a removed token while a listing is held", func() bool { return !reads() })
+	if f.parked() != 1 {
+		t.Fatal("the listing is no longer held")
+	}
 	f.put(t, "tokend-b", append(newToken(t, "b@x"), '\n'))
 	if _, err := ls.wait(t, quick); err != nil || !strings.Contains(ls.out.String(), "tokend-b") || !strings.Contains(ls.out.String(), "tokend-session") {
 		t.Fatalf("ls: %v, %q: want both fresh tokens", err, ls.out.String())
@@ -324,6 +358,44 @@ func TestGateTwoTokensAndTouch(t *testing.T) {
 	tl := f.start(t, `cat "$MOUNT/tokend-session"`)
 	if _, err := tl.wait(t, quick); err != nil || tl.out.String() != string(freshA) {
 		t.Fatalf("cat after the gates: %v, %q", err, tl.out.String())
+	}
+}
+
+// A gate holds requests only once its hide's invalidations have been
+// sent: not while another gate holds a request (they are held back then).
+func TestGateArmsAfterHide(t *testing.T) {
+	f := mountForUser(t, standIn(t))
+	for _, name := range []string{"tokend-a", "tokend-b"} {
+		f.put(t, name, append(newToken(t, name+"@x"), '\n'))
+	}
+	if _, err := f.start(t, `cat "$MOUNT/tokend-a" "$MOUNT/tokend-b" >/dev/null`).wait(t, quick); err != nil {
+		t.Fatalf("warming the caches: %v", err)
+	}
+	f.hide(t, "tokend-a")
+	a := f.closeGate(t, []string{"tokend-a"}, long)
+	tl := f.start(t, `cat "$MOUNT/tokend-a"`)
+	f.waitParked(t, 1)
+
+	f.hide(t, "tokend-b")
+	b := f.fs.CloseGate([]string{"tokend-b"}, long)
+	armed := func() bool {
+		f.fs.gates.mu.Lock()
+		defer f.fs.gates.mu.Unlock()
+		return b.armed
+	}
+	// b's hide (a delete) and its arming are held back behind the held
+	// request.
+	testenv.Eventually(t, quick, "b's hide and arming were not held back", func() bool { return f.pending() >= 2 })
+	if armed() {
+		t.Fatal("gate b armed before its hide's invalidations were sent")
+	}
+	a.Open()
+	if _, err := tl.wait(t, quick); err == nil {
+		t.Fatalf("cat of a hidden token succeeded: %q", tl.out.String())
+	}
+	testenv.Eventually(t, quick, "gate b was not armed once its hide was sent", armed)
+	if n := f.pending(); n != 0 {
+		t.Fatalf("%d invalidations still held back", n)
 	}
 }
 
