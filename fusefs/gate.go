@@ -44,8 +44,10 @@ type Gate struct {
 // gate takes effect once the notifier has sent every invalidation queued
 // before the call (the hide's), so call it after the store change that hid
 // the token. A gate still closed on one of names opens: the newer key
-// change supersedes it. From now on names are never cached by the kernel
-// as missing. Call it once per key generation per pool; retries must not.
+// change supersedes it; a token of names the store shows already leaves
+// it open. From now on names are never cached by the kernel as missing.
+// Call it once per key generation per pool (retries must not), before the
+// fetch starts, and Open it when the fetch ends.
 func (fs *FS) CloseGate(names []string, wait time.Duration) *Gate {
 	s := &fs.gates
 	g := &Gate{set: s, names: slices.Clone(names), wait: min(wait, s.limit),
@@ -75,6 +77,15 @@ func (fs *FS) CloseGate(names []string, wait time.Duration) *Gate {
 	if shut {
 		g.open("")
 		return g
+	}
+	// A token of names already shown (the fetch was quicker) leaves
+	// nothing to wait for. Looked at once g is in closed, so that a
+	// store change from now on opens it too.
+	for _, n := range names {
+		if _, ok := fs.store.Lookup(n); ok {
+			g.open("")
+			return g
+		}
 	}
 	fs.notes.arm(g)
 	return g

@@ -261,6 +261,15 @@ func TestGateDeadlineAndOpen(t *testing.T) {
 			t.Fatal("Open did not open the gate")
 		}
 	})
+	t.Run("already fresh", func(t *testing.T) {
+		f.put(t, "tokend-session", append(newToken(t, "fresh@x"), '\n'))
+		if g := f.fs.CloseGate([]string{"tokend-session"}, long); !isClosed(g.opened) {
+			t.Fatal("a gate closed on a name the store shows")
+		}
+		if err := f.store.Remove("tokend-session"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("unmount", func(t *testing.T) {
 		f.closeGate(t, []string{"tokend-session"}, long)
 		tl := f.start(t, `cat "$MOUNT/tokend-session"`)
