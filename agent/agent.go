@@ -39,6 +39,7 @@ import (
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/reaper"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
@@ -92,6 +93,11 @@ func Run(ctx context.Context, o Options) error {
 	a, err := newAgent(o)
 	if err != nil {
 		return err
+	}
+	// Before any child: double-forked children stay the agent's
+	// descendants, which the gate never holds.
+	if err := reaper.Start(a.log); err != nil {
+		a.log.Warn(err.Error())
 	}
 	return a.run(ctx, o.Ready)
 }
