@@ -25,6 +25,12 @@ const (
 	// requests: Burst at once, then Rate per second.
 	DefaultVerifydRate  = 50.0
 	DefaultVerifydBurst = 100
+	// DefaultRefetchRate is how many refetch slots per second verifyd
+	// hands out host-wide after a key change (refetch_rate), between
+	// MinRefetchRate and MaxRefetchRate.
+	DefaultRefetchRate = 100.0
+	MinRefetchRate     = 1.0
+	MaxRefetchRate     = 100000.0
 )
 
 // Verifyd is verifyd's configuration.
@@ -36,16 +42,18 @@ type Verifyd struct {
 	KeyOwner    int     `toml:"key_owner"`    // uid that must own key files; 0 = verifyd's own, -1 = no check
 	Rate        float64 `toml:"rate"`         // requests per second per peer uid, after Burst
 	Burst       int     `toml:"burst"`        // requests at once per peer uid
+	RefetchRate float64 `toml:"refetch_rate"` // refetch slots per second, host-wide, after a key change
 	LogLevel    string  `toml:"log_level"`    // debug | info | warn | error
 }
 
 // DefaultVerifydConfig returns verifyd's built-in configuration.
 func DefaultVerifydConfig() Verifyd {
 	return Verifyd{
-		Socket:   DefaultVerifyd,
-		Rate:     DefaultVerifydRate,
-		Burst:    DefaultVerifydBurst,
-		LogLevel: "info",
+		Socket:      DefaultVerifyd,
+		Rate:        DefaultVerifydRate,
+		Burst:       DefaultVerifydBurst,
+		RefetchRate: DefaultRefetchRate,
+		LogLevel:    "info",
 	}
 }
 
@@ -91,6 +99,9 @@ func (c *Verifyd) check() []*KeyError {
 	}
 	if c.Burst < 1 {
 		bad("burst", fmt.Sprint(c.Burst), "want 1 or more requests")
+	}
+	if !(c.RefetchRate >= MinRefetchRate && c.RefetchRate <= MaxRefetchRate) {
+		bad("refetch_rate", fmt.Sprint(c.RefetchRate), fmt.Sprintf("want a number of refetches per second for the whole host, from %v to %v", MinRefetchRate, MaxRefetchRate))
 	}
 	if _, err := c.Level(); err != nil {
 		bad("log_level", quote(c.LogLevel), "want a log level: debug, info, warn or error")

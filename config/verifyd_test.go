@@ -27,7 +27,7 @@ func TestLoadVerifyd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != DefaultVerifydConfig() || got.Socket != DefaultVerifyd || got.Rate != DefaultVerifydRate || got.Burst != DefaultVerifydBurst {
+	if got != DefaultVerifydConfig() || got.Socket != DefaultVerifyd || got.Rate != DefaultVerifydRate || got.Burst != DefaultVerifydBurst || got.RefetchRate != 100 {
 		t.Fatalf("no file: %+v, want the defaults", got)
 	}
 	if l, err := got.Level(); err != nil || l != slog.LevelInfo {
@@ -42,10 +42,11 @@ trust_domain = "cm.example.org"
 key_owner = -1
 rate = 10.5
 burst = 3
+refetch_rate = 250.0
 log_level = "debug"
 `)
 	got, err = LoadVerifyd("")
-	want := Verifyd{Socket: "/run/v.sock", PasswordDir: "/keys", PoolKey: "/pool/POOL", TrustDomain: "cm.example.org", KeyOwner: -1, Rate: 10.5, Burst: 3, LogLevel: "debug"}
+	want := Verifyd{Socket: "/run/v.sock", PasswordDir: "/keys", PoolKey: "/pool/POOL", TrustDomain: "cm.example.org", KeyOwner: -1, Rate: 10.5, Burst: 3, RefetchRate: 250, LogLevel: "debug"}
 	if err != nil || got != want {
 		t.Fatalf("every key: %+v, %v; want %+v", got, err, want)
 	}
@@ -72,6 +73,10 @@ func TestLoadVerifydErrors(t *testing.T) {
 		{"relative path", "password_dir = \"keys\"\n", []string{`config: FILE: password_dir = "keys": want an absolute path`}},
 		{"negative rate", "rate = -1.0\n", []string{`FILE: rate = -1: want a positive number`}},
 		{"zero burst", "burst = 0\n", []string{`FILE: burst = 0: want 1 or more`}},
+		{"refetch rate too low", "refetch_rate = 0.5\n", []string{`FILE: refetch_rate = 0.5: want a number of refetches per second for the whole host, from 1 to 100000`}},
+		{"refetch rate too high", "refetch_rate = 1e6\n", []string{`FILE: refetch_rate = 1e+06: want a number of refetches per second`}},
+		{"refetch rate not a number", "refetch_rate = nan\n", []string{`FILE: refetch_rate = NaN: want a number of refetches per second`}},
+		{"refetch rate as a string", "refetch_rate = \"100/s\"\n", []string{"FILE:1: refetch_rate: incompatible types"}},
 		{"key owner", "key_owner = -2\n", []string{`FILE: key_owner = -2: want a uid`}},
 		{"log level", "log_level = \"loud\"\n", []string{`FILE: log_level = "loud": want a log level: debug, info, warn or error`}},
 		{"trust domain", "trust_domain = \"a b\"\n", []string{`FILE: trust_domain = "a b": want an issuer name`}},

@@ -16,7 +16,7 @@ import (
 // Client timeouts, applied when the caller's context has no earlier
 // deadline.
 const (
-	// RequestTimeout bounds Verify and Generation.
+	// RequestTimeout bounds Verify, State and RefetchSlot.
 	RequestTimeout = 5 * time.Second
 	// WaitTimeout bounds one WaitChange: the server's PollTimeout and
 	// some slack.
@@ -100,6 +100,37 @@ func (c *Client) Generation(ctx context.Context) (uint64, error) {
 func (c *Client) WaitChange(ctx context.Context, after uint64) (uint64, error) {
 	resp, err := c.WaitState(ctx, after)
 	return resp.Generation, err
+}
+
+// RefetchSlot asks when this uid may fetch a fresh session token after a
+// key change: call it only when the caller's own check, made with key
+// generation generation, found its session token unusable, and set urgent
+// only when a tool is waiting for that token. verifyd paces the host's
+// agents at its refetch_rate; a lone agent gets now. The answer is the
+// time from which the fetch may start (it may be in the past: asking again
+// for the same generation returns the same slot, moved earlier at most,
+// when an urgent request follows an ordinary one).
+//
+// A slot holds only for its generation: when verifyd's generation moves,
+// drop it and ask again after checking again. Errors:
+// [ErrWrongGeneration] (409) when generation is not verifyd's current one
+// (check again with [Client.State]'s, then ask again); [ErrUnsupported]
+// (404) from a verifyd older than refetch slots; [ErrRateLimited] (429);
+// [ErrUnavailable] when verifyd cannot be asked or answered with something
+// that is no slot. On any error but ErrWrongGeneration the caller spreads
+// its fetch with its own bounded random jitter, as without verifyd; so
+// does a caller that finds the slot further away than it is willing to
+// wait.
+func (c *Client) RefetchSlot(ctx context.Context, generation uint64, urgent bool) (time.Time, error) {
+	body, _ := json.Marshal(RefetchSlotRequest{Generation: generation, Urgent: urgent}) // cannot fail
+	var resp RefetchSlotResponse
+	if err := c.do(ctx, RequestTimeout, http.MethodPost, PathRefetchSlot, body, &resp); err != nil {
+		return time.Time{}, err
+	}
+	if resp.NotBefore.IsZero() {
+		return time.Time{}, fmt.Errorf("%w (%s): the answer is not verifyd's: no not_before", ErrUnavailable, c.Socket())
+	}
+	return resp.NotBefore, nil
 }
 
 // VerifyBody encodes the request {"token": raw} without making a string of

@@ -2,11 +2,14 @@ package verifyapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/internal/localapi"
@@ -51,5 +54,50 @@ func TestClientUnavailable(t *testing.T) {
 	}
 	if NewClient("").Socket() != config.DefaultVerifyd {
 		t.Fatal("NewClient(\"\") does not use config.DefaultVerifyd")
+	}
+}
+
+// RefetchSlot sends {generation, urgent} and reads not_before; an answer
+// without one is not verifyd's, and 409 is ErrWrongGeneration (no slot,
+// and not "unavailable": the caller checks again and asks again).
+func TestClientRefetchSlot(t *testing.T) {
+	sock := t.TempDir() + "/slot.sock"
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	slot := time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.UTC)
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req RefetchSlotRequest
+		if r.Method != http.MethodPost || r.URL.Path != PathRefetchSlot || json.NewDecoder(r.Body).Decode(&req) != nil {
+			localapi.WriteError(w, http.StatusBadRequest, CodeBadRequest, "unexpected request")
+			return
+		}
+		switch req.Generation {
+		case 3:
+			if !req.Urgent {
+				localapi.WriteError(w, http.StatusBadRequest, CodeBadRequest, "urgent not sent")
+				return
+			}
+			io.WriteString(w, `{"not_before":"2025-03-01T12:00:00.123456789Z"}`)
+		case 4:
+			io.WriteString(w, `{}`)
+		default:
+			localapi.WriteError(w, http.StatusConflict, CodeWrongGeneration, "refetch slot asked for key generation 5, but verifyd's is 3")
+		}
+	}))
+	c := NewClient(sock)
+	defer c.Close()
+	ctx := context.Background()
+	if at, err := c.RefetchSlot(ctx, 3, true); err != nil || !at.Equal(slot) {
+		t.Fatalf("RefetchSlot: %v, %v; want %v", at, err, slot)
+	}
+	if at, err := c.RefetchSlot(ctx, 4, false); !at.IsZero() || !isUnavailable(err) || !strings.Contains(err.Error(), "no not_before") {
+		t.Fatalf("an answer without not_before: %v, %v", at, err)
+	}
+	at, err := c.RefetchSlot(ctx, 5, false)
+	if !at.IsZero() || !errors.Is(err, ErrWrongGeneration) || isUnavailable(err) || errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "verifyd's is 3") {
+		t.Fatalf("409: %v, %v", at, err)
 	}
 }

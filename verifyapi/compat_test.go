@@ -39,7 +39,7 @@ func signed(t *testing.T, kid string, file []byte) []byte {
 // read as "unknown" (no trust domain, no max age, no cannot_tell); the
 // state calls and the long poll work; a path that release does not know is
 // an error meaning "cannot tell" (ErrUnsupported, ErrUnavailable), never a
-// verdict.
+// verdict; a refetch slot is ErrUnsupported (the caller uses jitter).
 func TestOldVerifyd(t *testing.T) {
 	dir := t.TempDir()
 	pool := keyFile(t, filepath.Join(dir, "POOL"))
@@ -107,6 +107,18 @@ func TestOldVerifyd(t *testing.T) {
 	if !strings.Contains(err.Error(), "does not know GET /v1/slots") || !strings.Contains(err.Error(), "older release") {
 		t.Fatalf("the error does not say what happened: %v", err)
 	}
+	// Refetch slots came later: the old verifyd's 404 is ErrUnsupported,
+	// which callers take as "use jitter", never as a slot or a wrong
+	// generation.
+	at, err := c.RefetchSlot(ctx, old.Generation(), true)
+	if !at.IsZero() || !errors.As(err, &se) || se.Status != http.StatusNotFound || !errors.Is(err, ErrUnsupported) ||
+		errors.Is(err, ErrWrongGeneration) || errors.Is(err, ErrRateLimited) {
+		t.Fatalf("RefetchSlot against the old verifyd: %v, %v; want ErrUnsupported", at, err)
+	}
+	if !strings.Contains(err.Error(), "does not know POST "+PathRefetchSlot) {
+		t.Fatalf("the error does not say what happened: %v", err)
+	}
+
 	// No POOL key: the old verifyd's 503 is no verdict either.
 	os.Remove(filepath.Join(dir, "POOL"))
 	if _, err := c.Verify(ctx, signed(t, "POOL", pool)); !errors.Is(err, ErrUnavailable) {

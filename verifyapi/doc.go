@@ -15,6 +15,9 @@
 //	GET  /v1/changes?after=N
 //	                     -> long poll: 200 (as /v1/generation) as soon as N changed,
 //	                        or after PollTimeout (30 s) with the current value
+//	POST /v1/refetch-slot {"generation": N, "urgent": false} (at most 1 KiB)
+//	                     -> 200 {"not_before": "2025-03-01T12:00:00.01Z"}
+//	                     or 409 wrong-generation: N is not verifyd's current generation
 //
 // The protocol changes only by addition. The first release sent only
 // "reason" and "generation"; trust_domain (omitted when verifyd knows none
@@ -26,10 +29,23 @@
 // know gets 404, which the client turns into an error matching
 // [ErrUnsupported] and [ErrUnavailable]: cannot tell.
 //
+// /v1/refetch-slot came after the first release (agents of that release
+// never ask; a client asking an older verifyd gets 404, [ErrUnsupported]:
+// it spreads its refetch with its own random jitter instead). An agent
+// asks it only when its own check, made with key generation N, found its
+// session token unusable, with urgent true only while a tool waits for
+// the fresh token; not_before is when it may start the fetch, RFC 3339 in
+// UTC with up to nanosecond digits (slots can be 10 µs apart). verifyd
+// keeps one schedule for the host at its refetch_rate, one slot per peer
+// uid and generation (see package verifyd); unknown request fields are
+// ignored.
+//
 // Errors are non-2xx with {"code": "...", "message": "..."}: 400
-// bad-request (not a JSON object with a token string, bad ?after), 404
+// bad-request (not a JSON object with a token string or a generation, bad
+// ?after), 404
 // not-found, 405 method-not-allowed (with Allow), 413 too-large, 429
-// rate-limited or too-many-connections (with Retry-After), 503
+// rate-limited or too-many-connections (with Retry-After), 409
+// wrong-generation (a refetch slot for another key generation), 503
 // key-unavailable (verifyd cannot judge this token).
 //
 // The generation is 1 when verifyd starts and goes up by one whenever its
@@ -39,6 +55,7 @@
 //
 // Only a nil error carries a verdict: failures to reach verifyd wrap
 // [ErrUnavailable], error answers are [*ServerError] (matching
-// [ErrRateLimited] for 429, [ErrUnsupported] for 404, and [ErrUnavailable]
-// for 404 and 5xx). An answer with cannot_tell is no verdict either.
+// [ErrRateLimited] for 429, [ErrUnsupported] for 404, [ErrWrongGeneration]
+// for 409, and [ErrUnavailable] for 404 and 5xx). An answer with
+// cannot_tell is no verdict either.
 package verifyapi

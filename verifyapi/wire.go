@@ -14,6 +14,8 @@ const (
 	PathVerify     = "/v1/verify"
 	PathGeneration = "/v1/generation"
 	PathChanges    = "/v1/changes"
+	// PathRefetchSlot came after the first release (see RefetchSlotRequest).
+	PathRefetchSlot = "/v1/refetch-slot"
 )
 
 // MaxRequestBytes is the largest request body verifyd reads.
@@ -39,6 +41,12 @@ const (
 	// is not a verdict: keep the token. The message names the kid and the
 	// problem, never key bytes.
 	CodeKeyUnavailable = "key-unavailable"
+	// CodeWrongGeneration (status 409) answers POST /v1/refetch-slot for a
+	// key generation that is not verifyd's current one: a later key change
+	// happened (the slots of the older one are cancelled), or verifyd
+	// restarted and counts from 1 again. The message names both
+	// generations.
+	CodeWrongGeneration = "wrong-generation"
 )
 
 // VerifyRequest is the body of POST /v1/verify.
@@ -87,6 +95,25 @@ type GenerationResponse struct {
 	TokenMaxAge int64 `json:"token_max_age,omitempty"`
 }
 
+// RefetchSlotRequest is the body of POST /v1/refetch-slot: an agent whose
+// own check, made with key generation Generation, found its session token
+// unusable asks when it may fetch a fresh one. Urgent says a tool is
+// waiting for that token. Unknown fields are ignored, so that later
+// releases may add some.
+type RefetchSlotRequest struct {
+	Generation uint64 `json:"generation"`
+	Urgent     bool   `json:"urgent,omitempty"`
+}
+
+// RefetchSlotResponse answers POST /v1/refetch-slot: the agent may start
+// its fetch at NotBefore, not earlier. On the wire it is RFC 3339 in UTC
+// with as many fraction digits as it needs, up to nanoseconds (slots are
+// 1/refetch_rate apart, 10 µs at the highest rate, which milliseconds
+// could not tell apart).
+type RefetchSlotResponse struct {
+	NotBefore time.Time `json:"not_before"`
+}
+
 // ErrUnavailable means verifyd could not be asked or could not judge: the
 // socket is missing, the connection was refused or cut, a timeout passed,
 // the answer was not verifyd's, or verifyd answered with a 5xx (among them
@@ -100,6 +127,12 @@ var ErrUnavailable = errors.New("verifyd is not available")
 // release. It also matches [ErrUnavailable]: no verdict, no state.
 var ErrUnsupported = errors.New("this verifyd does not know the request (an older release?)")
 
+// ErrWrongGeneration matches (errors.Is) a [*ServerError] with status 409
+// ([CodeWrongGeneration]): the refetch slot was asked for a key generation
+// that is not verifyd's current one. Check the token again with the current
+// generation ([Client.State]) and ask again with it.
+var ErrWrongGeneration = errors.New("verifyd: not the current key generation")
+
 // ErrRateLimited matches (errors.Is) a [*ServerError] with status 429: the
 // caller's uid sent more requests than its rate allows. It is not a verdict
 // either; wait ServerError.RetryAfter and try again.
@@ -107,7 +140,8 @@ var ErrRateLimited = errors.New("verifyd: rate limited")
 
 // ServerError is a non-2xx answer from verifyd. errors.Is(err,
 // ErrRateLimited) is true for status 429, errors.Is(err, ErrUnsupported)
-// for 404, and errors.Is(err, ErrUnavailable) for 404 and 5xx.
+// for 404, errors.Is(err, ErrWrongGeneration) for 409, and errors.Is(err,
+// ErrUnavailable) for 404 and 5xx.
 type ServerError struct {
 	Status     int
 	Code       string
@@ -122,14 +156,16 @@ func (e *ServerError) Error() string {
 	return fmt.Sprintf("verifyd: %d %s: %s", e.Status, e.Code, e.Message)
 }
 
-// Is makes 429 match [ErrRateLimited], 404 match [ErrUnsupported], and
-// 404 and 5xx match [ErrUnavailable].
+// Is makes 429 match [ErrRateLimited], 404 match [ErrUnsupported], 409
+// match [ErrWrongGeneration], and 404 and 5xx match [ErrUnavailable].
 func (e *ServerError) Is(target error) bool {
 	switch target {
 	case ErrRateLimited:
 		return e.Status == 429
 	case ErrUnsupported:
 		return e.Status == 404
+	case ErrWrongGeneration:
+		return e.Status == 409
 	case ErrUnavailable:
 		return e.Status >= 500 || e.Status == 404
 	}

@@ -87,11 +87,33 @@
 // out and back. A periodic reload every minute, settled too, covers what
 // inotify cannot see.
 //
+// # Refetch slots
+//
+// After a key change every agent whose session token became unusable
+// fetches a fresh one from the schedd. So that a host's agents do not all
+// reach it at once, an agent whose own check found its token unusable asks
+// POST /v1/refetch-slot ({generation, urgent} -> {not_before}) and starts
+// its fetch at not_before. verifyd keeps one schedule for the host
+// ([Schedule]) at refetch_rate (Options.RefetchRate, default 100 per
+// second): slots are at least 1/rate apart, so no window of k/rate holds
+// more than k; a lone agent goes at once; every fifth slot is kept for
+// urgent requests (a tool is waiting for the token), which therefore go
+// within five slots, and ordinary ones run at four fifths of the rate
+// behind them (N agents within N/(0.8·rate)). One slot per peer uid and
+// generation: asking again returns it (moved earlier when an urgent
+// request follows an ordinary one). The first request for a new
+// generation cancels the slots of the old one still to come. A request
+// for another generation than verifyd's current one (older: a later change
+// happened; newer: verifyd restarted and counts from 1 again) gets 409
+// wrong-generation: the agent checks its token again with the current
+// generation and asks again. Without verifyd, or with an older one (404),
+// agents spread their fetches with random jitter.
+//
 // # Abuse
 //
 // Each connection's peer uid is read once with SO_PEERCRED (package
-// internal/localapi, which the agent's control API shares). Every request
-// costs one token of the uid's bucket (Options.Rate per second, Burst at
+// internal/localapi, which the agent's control API shares). Every request,
+// refetch slots included, costs one token of the uid's bucket (Options.Rate per second, Burst at
 // once); connections are limited per uid (64) and overall (4096). Header,
 // read, write and idle timeouts close slow or silent connections. The log
 // names kid, iss, sub, verdict and peer uid, never token or key bytes.

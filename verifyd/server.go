@@ -60,6 +60,11 @@ type Options struct {
 	// DefaultVerifydBurst).
 	Rate  float64
 	Burst int
+	// RefetchRate is how many refetch slots per second verifyd hands out
+	// to the host's agents after a key change (POST /v1/refetch-slot),
+	// from config.MinRefetchRate to MaxRefetchRate; 0 means
+	// config.DefaultRefetchRate.
+	RefetchRate float64
 	// TrustDomain is the trust domain verifyd speaks for: the iss of the
 	// tokens its pool's servers sign. It gives no verdict on a token of
 	// another iss (cannot_tell "other-issuer"): the pool's keys say nothing
@@ -94,6 +99,9 @@ type Server struct {
 	set     *keyset.Set   // the keys; replaced (and wiped) as a whole
 	gen     atomic.Uint64 // written under mu
 	changed chan struct{} // closed and replaced when gen moves
+
+	slotMu sync.Mutex
+	slots  *Schedule // under slotMu
 
 	logMu   sync.Mutex
 	refused map[string]string // path -> problem last logged; under logMu
@@ -164,6 +172,10 @@ func New(o Options) (*Server, error) {
 	if rate < 0 || burst < 0 || rate != rate {
 		return nil, fmt.Errorf("verifyd: rate %v and burst %d must be positive", rate, burst)
 	}
+	refetch := cmp.Or(o.RefetchRate, config.DefaultRefetchRate)
+	if !(refetch >= config.MinRefetchRate && refetch <= config.MaxRefetchRate) {
+		return nil, fmt.Errorf("verifyd: refetch rate %v: want a number of refetches per second for the whole host, from %v to %v", refetch, config.MinRefetchRate, config.MaxRefetchRate)
+	}
 	td, tdFrom := o.TrustDomain, "configuration"
 	if strings.IndexFunc(td, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
 		return nil, fmt.Errorf("verifyd: trust domain %q: want an issuer name, as in a token's iss (no spaces)", td)
@@ -188,11 +200,13 @@ func New(o Options) (*Server, error) {
 		readHeaderTimeout: readHeaderTimeout,
 		pollTimeout:       verifyapi.PollTimeout,
 		changed:           make(chan struct{}),
+		slots:             NewSchedule(refetch),
 		refused:           map[string]string{},
 	}
 	s.mux.Handle(http.MethodPost, verifyapi.PathVerify, s.handleVerify)
 	s.mux.Handle(http.MethodGet, verifyapi.PathGeneration, s.handleGeneration)
 	s.mux.Handle(http.MethodGet, verifyapi.PathChanges, s.handleChanges)
+	s.mux.Handle(http.MethodPost, verifyapi.PathRefetchSlot, s.handleRefetchSlot)
 	ks, err := s.readKeys()
 	if err != nil {
 		ks.Wipe()

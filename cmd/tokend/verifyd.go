@@ -95,6 +95,7 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		KeyOwner:    cfg.KeyOwner,
 		Rate:        cfg.Rate,
 		Burst:       cfg.Burst,
+		RefetchRate: cfg.RefetchRate,
 		Logger:      log,
 	})
 	if err != nil {
@@ -108,7 +109,8 @@ func runVerifyd(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFailure
 	}
 	defer l.Close()
-	log.Info("verifyd listening", "socket", l.Addr().String(), "generation", srv.Generation(), "trust_domain", srv.TrustDomain())
+	log.Info("verifyd listening", "socket", l.Addr().String(), "generation", srv.Generation(), "trust_domain", srv.TrustDomain(),
+		"refetch_rate", cfg.RefetchRate)
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("cannot notify systemd", "error", err)
 	}

@@ -53,7 +53,7 @@ func TestVerifydRun(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "verifyd.toml")
 	// The file names another socket, directory and trust domain; the
 	// flags win.
-	conf := "socket = \"" + filepath.Join(dir, "other.sock") + "\"\npassword_dir = \"/nonexistent\"\ntrust_domain = \"file.example\"\nrate = 1000.0\nburst = 1000\nlog_level = \"debug\"\n"
+	conf := "socket = \"" + filepath.Join(dir, "other.sock") + "\"\npassword_dir = \"/nonexistent\"\ntrust_domain = \"file.example\"\nrate = 1000.0\nburst = 1000\nrefetch_rate = 250\nlog_level = \"debug\"\n"
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -74,6 +74,9 @@ func TestVerifydRun(t *testing.T) {
 	if err != nil || r.Reason != token.Valid || r.Generation != 1 || r.TrustDomain != "test.example" || r.CannotTell != "" {
 		t.Fatalf("Verify through runVerifyd: %+v, %v; want valid, for trust domain test.example", r, err)
 	}
+	if at, err := c.RefetchSlot(ctx, r.Generation, false); err != nil || time.Until(at) > time.Second {
+		t.Fatalf("RefetchSlot through runVerifyd: %v, %v; want a slot at once", at, err)
+	}
 	cancel()
 	select {
 	case n := <-code:
@@ -88,6 +91,9 @@ func TestVerifydRun(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "level=DEBUG") {
 		t.Fatalf("log_level from the file was not used:\n%s", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "refetch_rate=250") {
+		t.Fatalf("refetch_rate from the file was not used:\n%s", stderr.String())
 	}
 }
 
@@ -111,6 +117,10 @@ func TestVerifydRunErrors(t *testing.T) {
 	os.WriteFile(bad, []byte("rate = -1.0\n"), 0o644)
 	if n, _, e := run("--config", bad, "--password-dir", keys); n != exitUsage || !strings.Contains(e, bad+": rate = -1") {
 		t.Fatalf("bad rate in the file: exit %d, %s", n, e)
+	}
+	os.WriteFile(bad, []byte("refetch_rate = 0\n"), 0o644)
+	if n, _, e := run("--config", bad, "--password-dir", keys); n != exitUsage || !strings.Contains(e, bad+": refetch_rate = 0: want a number of refetches per second") {
+		t.Fatalf("bad refetch_rate in the file: exit %d, %s", n, e)
 	}
 	if n, _, e := run("--config", filepath.Join(t.TempDir(), "missing.toml")); n != exitUsage || !strings.Contains(e, "no such file") {
 		t.Fatalf("missing config file: exit %d, %s", n, e)

@@ -9,6 +9,8 @@
 //     of idle agents of different users (RSS and PSS from /proc);
 //   - key rotation with a real verifyd: the time until the stale token is
 //     gone from the directory, and how a fleet's refetches spread out;
+//   - verifyd's refetch schedule alone (no mounts): 1000 agents' slots,
+//     and 100 with one in ten urgent, against the rate;
 //   - login sessions (`tokend session open|close`), when available.
 //
 // Usage (as root; `make bench` builds bin/tokend first):
@@ -73,13 +75,22 @@ func main() {
 	tokend := flag.String("tokend", "bin/tokend", "the tokend `binary` to measure (built without -race)")
 	fleet := flag.Int("agents", 100, "idle agents of different users for the fleet figures")
 	rounds := flag.Int("rounds", 15, "timing rounds of each read figure")
-	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, rotation, fleet, sessions)")
+	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, rotation, fleet, slots, sessions); slots alone needs no root")
 	flag.Parse()
 	os.Exit(run(*tokend, *fleet, *rounds, *only))
 }
 
 func run(tokend string, fleet, rounds int, only string) int {
 	b := &bench{fleet: fleet, rounds: rounds, progress: os.Stderr, agents: map[*agent]bool{}}
+	if slotsOnly(only) {
+		err := b.slotsPhase()
+		b.print(os.Stdout)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: slots: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	if err := b.setup(tokend); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		b.cleanup()
@@ -107,6 +118,7 @@ func run(tokend string, fleet, rounds int, only string) int {
 		{"memory", b.memory},
 		{"rotation", b.rotation},
 		{"fleet", b.fleetPhase},
+		{"slots", b.slotsPhase},
 		{"sessions", b.sessions},
 	}
 	failed := false

@@ -16,10 +16,11 @@ const (
 	secStart    = "start and stop (verifyd, local fetch)"
 	secMemory   = "memory"
 	secRotation = "key rotation (verifyd process, agents following it)"
+	secSlots    = "refetch slots (verifyd's schedule alone on a fake clock, refetch_rate 100/s)"
 	secSession  = "login sessions (tokend session open|close)"
 )
 
-var sections = []string{secRead, secStart, secMemory, secRotation, secSession}
+var sections = []string{secRead, secStart, secMemory, secRotation, secSlots, secSession}
 
 // row is one line of the report: a figure, the baseline it is compared
 // with (measured in the same run), their ratio, and the goal.
