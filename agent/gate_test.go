@@ -15,6 +15,7 @@ import (
 	"github.com/tokend/tokend/internal/testenv"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/token"
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // The pool's loop carries out the policy: it closes the mount's gate once
@@ -130,6 +131,7 @@ func (k *staleKey) CheckKey(_ context.Context, _ []byte, t *token.Token) (token.
 type fakeSlots struct {
 	mu   sync.Mutex
 	in   time.Duration // the slot: now + in
+	err  error         // else this error
 	asks []slotAsk     // Gen: verifyd's generation
 }
 
@@ -137,6 +139,9 @@ func (s *fakeSlots) RefetchSlot(_ context.Context, gen uint64, urgent bool) (tim
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.asks = append(s.asks, slotAsk{gen, urgent})
+	if s.err != nil {
+		return time.Time{}, s.err
+	}
 	if urgent {
 		return time.Now(), nil
 	}
@@ -287,5 +292,41 @@ func TestSlots(t *testing.T) {
 	// (The two asks of generation 8 run in parallel: either may come first.)
 	if asks := slots.asked(); len(asks) != 3 || !slices.Contains(asks[1:], slotAsk{8, false}) || !slices.Contains(asks[1:], slotAsk{8, true}) {
 		t.Fatalf("slots asked %v, want generation 8 asked, then again, urgent", asks)
+	}
+}
+
+// A verifyd without slots (404, an older release): the refetch falls back
+// to the jitter, which a waiting tool cuts short, and that verifyd is not
+// asked again.
+func TestSlotsUnsupported(t *testing.T) {
+	k := &staleKey{stale: map[string]bool{}}
+	f := &stepFetcher{calls: make(chan fetchCall)}
+	a := newTestAgent(t, k, f)
+	p := a.pools[0]
+	fg := &fakeGates{}
+	a.gates = fg
+	slots := &fakeSlots{err: &verifyapi.ServerError{Status: 404, Code: "not-found"}}
+	p.slots = slots
+	p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}}
+	runKeeper(t, a)
+
+	f.next(t).answer <- nil
+	waitSession(t, a, "u1@example.org")
+	for i, sub := range []string{"u1@example.org", "u2@example.org"} {
+		k.set(sub)
+		changed := time.Now()
+		a.onRotation(p, true, true)
+		testenv.Eventually(t, 10*time.Second, "a gate to close after the key change", func() bool { return len(fg.all()) == i+1 })
+		testenv.Eventually(t, 10*time.Second, "verifyd's 404 to be taken", p.noSlots.Load)
+		close(fg.all()[i].waiting)
+		c := f.next(t)
+		if waited := c.at.Sub(changed); waited >= rotationJitter-time.Second {
+			t.Fatalf("the fetch started %v after the key change though a tool waits", waited)
+		}
+		c.answer <- nil
+		waitSession(t, a, fmt.Sprintf("u%d@example.org", i+2))
+		if asks := slots.asked(); len(asks) != 1 || !p.noSlots.Load() {
+			t.Fatalf("after key change %d: slots asked %v, noSlots %v; want one ask, then none", i+1, asks, p.noSlots.Load())
+		}
 	}
 }

@@ -62,6 +62,9 @@ func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChe
 	if keys == nil {
 		keys, p.verifyd, p.keys = keyCheckers(pc.Validate, log.With("pool", pc.Name))
 	}
+	if p.verifyd != nil {
+		p.slots = p.verifyd.client
+	}
 	p.checker = &validate.Checker{
 		Pool:         pc.Name,
 		Margin:       pc.Validate.ExpMargin.Std(),

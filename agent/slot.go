@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/tokend/tokend/verifyapi"
 )
 
 // slotter grants refetch slots (verifyapi.Client): verifyd paces the
@@ -34,17 +37,19 @@ func (a *Agent) askSlot(ctx context.Context, p *pool, ask slotAsk) {
 	cancel()
 	switch {
 	case err == nil:
+		a.log.Info("verifyd granted a refetch slot", "pool", p.cfg.Name, "generation", st.Generation, "urgent", ask.Urgent,
+			"in", max(time.Until(at), 0).Round(time.Millisecond))
 	case ctx.Err() != nil:
 		return
-	case slotsUnsupported(err):
+	case errors.Is(err, verifyapi.ErrUnsupported):
 		if !p.noSlots.Swap(true) {
 			a.log.Info("verifyd grants no refetch slots (an older release): refetches after a key change are spread by a random delay", "pool", p.cfg.Name)
 		}
+	case errors.Is(err, verifyapi.ErrWrongGeneration):
+		// Its key generation moved on: asked again once the agent sees it.
+		a.log.Info("verifyd's key generation moved on before it granted a refetch slot", "pool", p.cfg.Name, "generation", st.Generation)
 	default:
 		a.log.Warn("could not get a refetch slot from verifyd: the refetch is spread by a random delay", "pool", p.cfg.Name, "err", err)
 	}
 	a.deliver(p, func(ib *inbox) { ib.slots = append(ib.slots, slotAnswer{ask, at, err}) })
 }
-
-// slotsUnsupported reports whether err says verifyd has no refetch slots.
-func slotsUnsupported(error) bool { return false }
