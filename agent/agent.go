@@ -11,6 +11,12 @@
 // in locked memory by the store and judged again at each key change of its
 // pool (keeper.go, recheckRemembered): it comes back when it verifies, and
 // is zeroed after two key changes in which it did not.
+//
+// What the agent does about each pool's session token (fetch, refresh,
+// back off, refetch after a key change at a slot verifyd grants, close the
+// mount's gate meanwhile) is decided by a pure function (policy.go); the
+// loop (keeper.go) gathers its inputs, wakes on one channel, and carries
+// out its decisions.
 package agent
 
 import (
@@ -33,6 +39,7 @@ import (
 	"github.com/tokend/tokend/config"
 	"github.com/tokend/tokend/fusefs"
 	"github.com/tokend/tokend/internal/condor"
+	"github.com/tokend/tokend/internal/reaper"
 	"github.com/tokend/tokend/mounttab"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
@@ -63,6 +70,7 @@ type Agent struct {
 
 	store  *store.Store
 	fs     *fusefs.FS
+	gates  gater   // the mount's gates; nil before it is mounted (and in tests)
 	pools  []*pool // the default pool first
 	router *validate.Router
 	// condorTD is HTCondor's TRUST_DOMAIN, read once at start when the
@@ -85,6 +93,11 @@ func Run(ctx context.Context, o Options) error {
 	a, err := newAgent(o)
 	if err != nil {
 		return err
+	}
+	// Before any child: double-forked children stay the agent's
+	// descendants, which the gate never holds.
+	if err := reaper.Start(a.log); err != nil {
+		a.log.Warn(err.Error())
 	}
 	return a.run(ctx, o.Ready)
 }
@@ -196,6 +209,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		}
 		return fmt.Errorf("%w (`tokend doctor` checks fuse3, /dev/fuse and fusermount3)", err)
 	}
+	a.gates = fsGates{a.fs}
 	a.removeMoved(under, moved)
 	defer func() {
 		// Zero first, so nothing is readable while the mount goes away.
@@ -224,6 +238,9 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		if p.verifyd != nil {
 			wg.Go(func() {
 				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
+					if ev == verifydFirst || ev == verifydBack {
+						p.noSlots.Store(false) // it may have been upgraded
+					}
 					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
 						a.recheck.Store(true) // kept tokens too: their pool may have changed
 					}
@@ -269,12 +286,13 @@ func (a *Agent) Logout() { a.once.Do(func() { close(a.logout) }) }
 // changed, a new epoch, in which a kept token that still does not verify
 // counts a miss (and kept tokens are checked again). jitter: the change
 // reached every agent on the host at once (a rotation, verifyd back after
-// a restart), so a session token it made stale is fetched again after a
-// random delay.
+// a restart), so a session token it made stale is fetched again at a pace:
+// at a slot verifyd grants, else after a random delay (policy.go).
 func (a *Agent) onRotation(p *pool, rotated, jitter bool) {
 	if jitter {
+		// Before the epoch moves: a pass that sees the new epoch sees it.
 		a.mu.Lock()
-		p.session.rotatedAt = time.Now()
+		p.inbox.rotatedAt = time.Now()
 		a.mu.Unlock()
 	}
 	if rotated {

@@ -72,10 +72,10 @@ func (a *Agent) fetchInto(ctx context.Context, p *pool, name string, req fetch.R
 	content.Bytes()[buf.Len()] = '\n'
 	a.mu.Lock()
 	p.refused = ""
-	if v.Reason == token.UnknownKey && name == p.session.name {
+	if v.Reason == token.UnknownKey && name == p.cfg.SessionToken {
 		// Fetched again already in this key generation: the next
 		// refetch waits for a key change.
-		p.session.unknownKeyAt = p.epoch.Load() + 1
+		p.inbox.unknownKeyAt = max(p.inbox.unknownKeyAt, p.epoch.Load()+1)
 	}
 	a.mu.Unlock()
 	if _, err := a.store.Put(name, content.Bytes(), a.router.Quick); err != nil {

@@ -1,67 +1,27 @@
 package agent
 
 import (
+	"cmp"
 	"context"
-	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/tokend/tokend/agent/fetch"
-	"github.com/tokend/tokend/api"
 	"github.com/tokend/tokend/secmem"
 	"github.com/tokend/tokend/store"
 	"github.com/tokend/tokend/token"
 )
 
-// sessionState is what the agent knows of a pool's session token. Guarded
-// by Agent.mu.
-type sessionState struct {
-	name      string
-	state     string // api.Session* constants
-	exp, iat  int64  // exp: the effective one (SEC_TOKEN_MAX_AGE applied)
-	fetching  bool
-	failures  int
-	lastErr   string
-	lastFetch time.Time
-	requestID string
-	next      time.Time // next fetch (refresh or retry); zero when none planned
-	rotatedAt time.Time // the pool's keys last changed (or verifyd came back)
-	// unknownKeyAt is the key epoch + 1 at which the session token was
-	// last fetched for being unknown-key (0: never): once per generation.
-	// forUnknownKey: the planned fetch is that one; when it fails, it is
-	// not retried (the token it would replace is still shown).
-	unknownKeyAt  uint64
-	forUnknownKey bool
-	// firstCheck is the token just fetched, until a check pass has judged
-	// it: one hidden then counts as a failed fetch.
-	firstCheck *token.Token
-}
-
-// Backoff bounds for failed fetches.
-const (
-	backoffMin = time.Second
-	backoffMax = 5 * time.Minute
-	// rotationJitter spreads the refetches of every agent on a host after a
-	// pool-wide key rotation, so they do not reach the schedd together.
-	rotationJitter = 3 * time.Second
-)
-
-// fetchDone is the end of a pool's session fetch.
-type fetchDone struct {
-	p   *pool
-	tok *token.Token // nil on failure
-	err error
-}
-
-// keep is the agent's main loop: re-check tokens when anything changes, on
-// a timer, and at the next expiry; fetch each pool's session token when it
-// is missing or due for refresh. The pools' fetches run in parallel: one
-// that hangs or fails holds back no other.
+// keep is the agent's main loop, one wake-up channel (a.changed) and a
+// timer: re-check tokens when anything changes (a token, a key, the end of
+// a fetch, a slot granted, a tool waiting at a gate), on a timer, and at the
+// next expiry; then ask each pool's policy (policy.go) what to do about its
+// session token and do it. The pools' fetches run in parallel: one that
+// hangs or fails holds back no other.
 func (a *Agent) keep(ctx context.Context) {
-	done := make(chan fetchDone, len(a.pools)) // at most one fetch per pool
-	var fetching sync.WaitGroup                // the fetches end (their commands killed) with ctx
-	defer fetching.Wait()
+	var running sync.WaitGroup // fetches, slot requests, gate watchers: they end with ctx
+	defer running.Wait()
+	defer a.openGates()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	rc := &rechecks{seen: map[uint64]uint64{}}
@@ -70,25 +30,126 @@ func (a *Agent) keep(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-a.changed:
-		case d := <-done:
-			a.fetched(d)
 		case <-timer.C:
 		}
-		a.validateAll(ctx)
-		now := time.Now()
-		wake := a.recheckRemembered(ctx, rc, now)
-		infos := a.store.Infos()
-		wake = earliest(wake, a.expiryWake(infos))
-		for _, p := range a.pools {
-			wake = earliest(wake, a.planSession(p, infos, now))
-			if a.startFetch(p) {
-				fetching.Go(func() {
-					t, err := a.fetchInto(ctx, p, p.session.name, fetch.Request{}, a.progress(p))
-					done <- fetchDone{p, t, err}
-				})
-			}
-		}
+		wake := a.pass(ctx, rc, func(p *pool, d decision) { a.act(ctx, &running, p, d) })
 		timer.Reset(max(time.Until(wake), 0))
+	}
+}
+
+// pass runs one check pass, then each pool's policy; act carries out a
+// pool's decision. It returns when the next pass must run at the latest.
+func (a *Agent) pass(ctx context.Context, rc *rechecks, act func(*pool, decision)) time.Time {
+	// What happened is taken before the checks: a fetch reported done
+	// stored its token before, so this pass judges it.
+	ins := a.takeInboxes()
+	a.validateAll(ctx)
+	now := time.Now()
+	wake := a.recheckRemembered(ctx, rc, now)
+	infos := a.store.Infos()
+	wake = earliest(wake, a.expiryWake(infos))
+	for i, p := range a.pools {
+		in := ins[i]
+		in.Now = now
+		in.View = a.sessionView(p, infos)
+		in.Epoch = p.epoch.Load()
+		in.Slots = p.slotsUp()
+		a.mu.Lock()
+		var d decision
+		p.session, d = p.policy.decide(p.session, in)
+		a.mu.Unlock()
+		act(p, d)
+		wake = earliest(wake, d.Wake)
+	}
+	return wake
+}
+
+// inbox is what happened to a pool between two passes. Guarded by Agent.mu.
+type inbox struct {
+	done         *fetchResult
+	requestID    string
+	resume       bool
+	unknownKeyAt uint64
+	slots        []slotAnswer
+	waitingAt    gate // the gate a tool arrived at
+	rotatedAt    time.Time
+}
+
+// deliver records something that happened to p and wakes the loop.
+func (a *Agent) deliver(p *pool, f func(*inbox)) {
+	a.mu.Lock()
+	f(&p.inbox)
+	a.mu.Unlock()
+	poke(a.changed)
+}
+
+// takeInboxes returns each pool's inputs from what happened since the last
+// pass.
+func (a *Agent) takeInboxes() []policyIn {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ins := make([]policyIn, len(a.pools))
+	for i, p := range a.pools {
+		ib := &p.inbox
+		ins[i] = policyIn{
+			Done:         ib.done,
+			RequestID:    ib.requestID,
+			Resume:       ib.resume,
+			SlotAnswers:  ib.slots,
+			ToolWaiting:  ib.waitingAt != nil && ib.waitingAt == p.gate,
+			UnknownKeyAt: ib.unknownKeyAt,
+			RotatedAt:    ib.rotatedAt,
+		}
+		if ib.done != nil {
+			ib.requestID = ""
+		}
+		ib.done, ib.resume, ib.slots = nil, false, nil
+	}
+	return ins
+}
+
+// sessionView finds p's session token in infos: the shown one, else the
+// latest hidden one.
+func (a *Agent) sessionView(p *pool, infos []store.Info) sessionView {
+	var shown, hidden *store.Info
+	for i := range infos {
+		switch in := &infos[i]; {
+		case in.Name != p.cfg.SessionToken:
+		case !in.Hidden:
+			shown = cmp.Or(shown, in)
+		case hidden == nil || in.ID > hidden.ID:
+			hidden = in
+		}
+	}
+	v := sessionView{Present: a.store.Has(p.cfg.SessionToken)}
+	if in := cmp.Or(shown, hidden); in != nil {
+		v.Present, v.Shown, v.Token, v.Reason = true, !in.Hidden, in.Token, in.Reason
+		v.Exp = a.router.Effective(in.Token).Exp
+	}
+	return v
+}
+
+// act carries out a pool's decision: its log lines, its gate, a slot
+// request, the fetch.
+func (a *Agent) act(ctx context.Context, running *sync.WaitGroup, p *pool, d decision) {
+	for _, n := range d.Notes {
+		a.log.Log(ctx, n.level, n.msg, append([]any{"pool", p.cfg.Name, "name", p.cfg.SessionToken}, n.args...)...)
+	}
+	switch d.Gate {
+	case gateClose:
+		a.closeGate(ctx, running, p)
+	case gateOpen:
+		a.openGate(p)
+	}
+	if d.Ask != nil {
+		ask := *d.Ask
+		running.Go(func() { a.askSlot(ctx, p, ask) })
+	}
+	if d.Fetch {
+		running.Go(func() {
+			t, err := a.fetchInto(ctx, p, p.cfg.SessionToken, fetch.Request{}, a.progress(p))
+			a.deliver(p, func(ib *inbox) { ib.done = &fetchResult{t, err} })
+		})
 	}
 }
 
@@ -233,212 +294,20 @@ func (a *Agent) expiryWake(infos []store.Info) time.Time {
 	return wake
 }
 
-// planSession updates pool p's session token state and returns when the
-// agent must wake next for it: the next refresh or retry, or the periodic
-// re-check.
-func (a *Agent) planSession(p *pool, infos []store.Info, now time.Time) time.Time {
-	wake := now.Add(a.cfg.Validate.Interval.Std())
-	margin := a.cfg.Validate.ExpMargin.Std()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := &p.session
-	var session *store.Info
-	for i := range infos {
-		if in := &infos[i]; in.Name == s.name && !in.Hidden {
-			session = in
-			break
-		}
-	}
-	if s.firstCheck != nil {
-		a.firstChecked(p, infos, now)
-	}
-	if s.fetching {
-		return wake
-	}
-	switch {
-	case session == nil && (s.state == api.SessionRemoved || s.state == api.SessionValid && !a.store.Has(s.name)):
-		// The user removed it (tokend rm, rm, tokend wipe): they asked
-		// for no token; `tokend fetch` brings one back. (A hidden token
-		// leaves its file behind, invisible, and is fetched again.)
-		s.state, s.exp, s.iat, s.next = api.SessionRemoved, 0, 0, time.Time{}
-	case session == nil:
-		// Plan a fetch when the token just went missing (hidden) or none
-		// is planned; a failed fetch keeps its backoff.
-		if s.state == api.SessionValid || s.next.IsZero() {
-			s.next = a.soon(p, now)
-		}
-		s.forUnknownKey = false
-		s.state, s.exp, s.iat = api.SessionMissing, 0, 0
-		if s.failures > 0 {
-			s.state = api.SessionFailed
-		}
-	default:
-		exp := a.router.Effective(session.Token).Exp
-		switch {
-		case s.iat != session.Token.Iat || s.exp != exp || s.state == api.SessionMissing || s.state == api.SessionRemoved:
-			// A new session token (or a new max age): plan its refresh
-			// once (the jitter must not move at every pass).
-			s.state, s.exp, s.iat = api.SessionValid, exp, session.Token.Iat
-			s.next = time.Time{}
-			if exp != 0 {
-				s.next = refreshTime(session.Token.Iat, exp, margin)
-			}
-		case s.state != api.SessionValid:
-			// A refresh failed: the token is still shown; the retry
-			// keeps its backoff.
-			s.state = api.SessionValid
-		}
-		if epoch := p.epoch.Load(); session.Reason == token.UnknownKey && s.unknownKeyAt != epoch+1 {
-			// The pool has no key of its kid: a fresh token may have
-			// one. Once per key generation; the fresh one replaces it.
-			s.unknownKeyAt = epoch + 1
-			s.next, s.forUnknownKey = a.soon(p, now), true
-			a.log.Info("the pool has no key for the session token's kid; fetching a fresh one", "pool", p.cfg.Name, "name", s.name, "token", &session.Token)
-		}
-	}
-	if !s.next.IsZero() {
-		wake = earliest(wake, s.next)
-	}
-	return wake
-}
-
-// soon is when to fetch a pool's session token that is needed now: at
-// once, or, just after a key change, after a random jitter (drawn from now,
-// not from the key change: agents learn of a rotation at different moments,
-// and drawing from the change would bunch up everyone who learnt late).
-// Called with a.mu held.
-func (a *Agent) soon(p *pool, now time.Time) time.Time {
-	if at := p.session.rotatedAt; !at.IsZero() && now.Sub(at) < rotationJitter {
-		return now.Add(rand.N(rotationJitter))
-	}
-	return now
-}
-
-// firstChecked looks at how the first check pass judged the token just
-// fetched for p: one hidden at once counts as a failed fetch, so a pool
-// whose fetches are refused by its own checks backs off rather than
-// fetching in a loop. Called with a.mu held.
-func (a *Agent) firstChecked(p *pool, infos []store.Info, now time.Time) {
-	s := &p.session
-	want := *s.firstCheck
-	s.firstCheck = nil
-	for _, in := range infos {
-		if in.Name != s.name || in.Token != want {
-			continue
-		}
-		if !in.Hidden {
-			s.failures, s.lastErr = 0, ""
-			return
-		}
-		s.failures++
-		s.lastErr = fmt.Sprintf("the fetched token was hidden at its first check (%s): is the pool's signing key in sync?", in.Reason)
-		s.state = api.SessionFailed
-		s.next = now.Add(backoff(s.failures))
-		a.log.Error("the fetched session token was hidden at its first check; will retry", "pool", p.cfg.Name, "reason", string(in.Reason),
-			"failures", s.failures, "retry_at", s.next.Format(time.TimeOnly))
-		return
-	}
-	// Replaced meanwhile (a write, tokend fetch): nothing to judge.
-	s.failures, s.lastErr = 0, ""
-}
-
-// refreshTime is about two thirds into a token's life, jittered by a tenth
-// of its life, and always before the expiry margin.
-func refreshTime(iat, exp int64, margin time.Duration) time.Time {
-	start, end := time.Unix(iat, 0), time.Unix(exp, 0)
-	life := end.Sub(start)
-	if life <= 0 {
-		return time.Now()
-	}
-	at := start.Add(life * 2 / 3)
-	if j := life / 10; j > 0 {
-		at = at.Add(rand.N(j) - j/2)
-	}
-	return earliest(at, end.Add(-margin-time.Second))
-}
-
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-// startFetch marks p's session fetch as started if one is due.
-func (a *Agent) startFetch(p *pool) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := &p.session
-	if s.fetching || s.next.IsZero() || time.Now().Before(s.next) {
-		return false
-	}
-	s.fetching, s.state = true, api.SessionFetching
-	return true
-}
-
 // resumeSession fetches the session tokens again for a new login, though
 // the user removed the last ones: a login starts with fresh tokens.
 func (a *Agent) resumeSession() {
-	a.mu.Lock()
 	for _, p := range a.pools {
-		if p.session.state == api.SessionRemoved {
-			p.session.state = api.SessionMissing
-		}
+		a.deliver(p, func(ib *inbox) { ib.resume = true })
 	}
-	a.mu.Unlock()
-	poke(a.changed)
 }
 
-// progress records a long fetch's progress in p's status.
+// progress reports a long fetch's progress to p's policy: a request that
+// awaits an administrator's approval.
 func (a *Agent) progress(p *pool) func(fetch.Progress) {
 	return func(pr fetch.Progress) {
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		s := &p.session
-		if pr.RequestID != "" && s.requestID != pr.RequestID {
-			s.requestID = pr.RequestID
-			s.state = api.SessionWaiting
-			a.log.Info("waiting for an administrator to approve the token request", "pool", p.cfg.Name, "request_id", pr.RequestID,
-				"approve_with", "condor_token_request_approve -reqid "+pr.RequestID)
+		if pr.RequestID != "" {
+			a.deliver(p, func(ib *inbox) { ib.requestID = pr.RequestID })
 		}
 	}
-}
-
-// fetched records the end of a session fetch and plans a retry on failure.
-// A success counts once the first check pass has seen the token shown.
-func (a *Agent) fetched(d fetchDone) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	s := &d.p.session
-	s.fetching = false
-	s.requestID = ""
-	once := s.forUnknownKey
-	s.forUnknownKey = false
-	if d.err == nil {
-		s.lastFetch = time.Now()
-		s.next = time.Time{}
-		s.iat = 0 // plan the new token's refresh, whatever its claims
-		s.firstCheck = d.tok
-		return
-	}
-	s.failures++
-	s.lastErr = d.err.Error()
-	s.state = api.SessionFailed
-	if once {
-		// The unknown-key token is still shown: keep it until its
-		// refresh, or the next key change.
-		s.next, s.iat = time.Time{}, 0
-		a.log.Error("could not fetch a session token to replace the unknown-key one; keeping it", "pool", d.p.cfg.Name, "err", d.err)
-		return
-	}
-	s.next = time.Now().Add(backoff(s.failures))
-	a.log.Error("could not fetch the session token; will retry", "pool", d.p.cfg.Name, "err", d.err, "failures", s.failures, "retry_at", s.next.Format(time.TimeOnly))
-}
-
-// backoff is exponential from backoffMin to backoffMax with full jitter on
-// the upper half.
-func backoff(failures int) time.Duration {
-	d := backoffMin << min(failures-1, 20)
-	d = min(d, backoffMax)
-	return d/2 + rand.N(d/2+1)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,7 @@ func TestBackoff(t *testing.T) {
 		100: {backoffMax / 2, backoffMax},
 	} {
 		for range 100 {
-			if d := backoff(failures); d < want[0] || d > want[1] {
+			if d := (&policy{rand: rand.N[time.Duration]}).backoff(failures); d < want[0] || d > want[1] {
 				t.Fatalf("backoff(%d) = %v, want within %v", failures, d, want)
 			}
 		}
@@ -49,7 +50,7 @@ func TestRefreshTime(t *testing.T) {
 		deadline := time.Unix(exp, 0).Add(-c.margin)
 		seen := map[time.Time]bool{}
 		for range 50 {
-			at := refreshTime(iat, exp, c.margin)
+			at := (&policy{margin: c.margin, rand: rand.N[time.Duration]}).refreshAt(iat, exp, time.Now())
 			if c.margin >= c.life && at.After(time.Unix(iat, 0)) {
 				t.Fatalf("life %v margin %v: refresh at %v, want at once: the token is within its margin from the start", c.life, c.margin, at)
 			}
@@ -209,6 +210,18 @@ func TestRememberedRechecks(t *testing.T) {
 	}
 }
 
+// testPass runs one pass of agent a (not running) and returns the decision
+// for pool p; the fetch it may start is left to the test.
+func testPass(a *Agent, rc *rechecks, p *pool) decision {
+	var got decision
+	a.pass(context.Background(), rc, func(q *pool, d decision) {
+		if q == p {
+			got = d
+		}
+	})
+	return got
+}
+
 // A fetched token hidden at its first check counts as a failed fetch: the
 // next fetch waits for its backoff.
 func TestFetchedHiddenBacksOff(t *testing.T) {
@@ -217,21 +230,25 @@ func TestFetchedHiddenBacksOff(t *testing.T) {
 	k.set("", true) // the fetch's own check cannot tell
 	a := newTestAgent(t, k, nil)
 	p := a.pools[0]
-	tok, err := a.fetchInto(ctx, p, p.session.name, fetch.Request{}, nil)
+	rc := &rechecks{seen: map[uint64]uint64{}}
+	if !testPass(a, rc, p).Fetch {
+		t.Fatal("no fetch of the missing session token")
+	}
+	tok, err := a.fetchInto(ctx, p, p.cfg.SessionToken, fetch.Request{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.fetched(fetchDone{p, tok, nil})
+	a.deliver(p, func(ib *inbox) { ib.done = &fetchResult{tok, nil} })
 	k.set(token.RotatedKey, false) // the pass can
-	a.validateAll(ctx)
 	now := time.Now()
-	a.planSession(p, a.store.Infos(), now)
-	s := p.session
-	if s.failures != 1 || s.state != api.SessionFailed || !s.next.After(now) || !strings.Contains(s.lastErr, "hidden at its first check") {
-		t.Fatalf("after the fetched token was hidden: %+v, want a failure with a backoff", s)
+	for range 2 {
+		if testPass(a, rc, p).Fetch {
+			t.Fatal("a fetch started at once after the fetched token was hidden")
+		}
 	}
-	if a.startFetch(p) {
-		t.Fatal("a fetch started at once after the fetched token was hidden")
+	s, st := p.session, a.poolStatus(p).Session
+	if s.failures != 1 || st.State != api.SessionFailed || !s.next.After(now) || !strings.Contains(s.lastErr, "hidden at its first check") {
+		t.Fatalf("after the fetched token was hidden: %+v (%s), want a failure with a backoff", s, st.State)
 	}
 }
 
@@ -273,28 +290,24 @@ func TestNotYetValidReturns(t *testing.T) {
 // fetched again once per key generation; a failure of that fetch is not
 // retried while the token is shown.
 func TestUnknownKeySessionOncePerEpoch(t *testing.T) {
-	ctx := context.Background()
 	k := &switchKey{}
 	a := newTestAgent(t, k, nil)
 	p := a.pools[0]
-	putToken(t, a, p.session.name)
+	putToken(t, a, p.cfg.SessionToken)
 	k.set(token.UnknownKey, false)
-	plan := func() bool {
-		a.validateAll(ctx)
-		a.planSession(p, a.store.Infos(), time.Now())
-		return a.startFetch(p)
-	}
+	rc := &rechecks{seen: map[uint64]uint64{}}
+	plan := func() bool { return testPass(a, rc, p).Fetch }
 	if !plan() {
 		t.Fatal("no fetch for an unknown-key session token")
 	}
-	a.fetched(fetchDone{p: p, err: errors.New("the schedd is away")})
+	a.deliver(p, func(ib *inbox) { ib.done = &fetchResult{err: errors.New("the schedd is away")} })
 	for range 3 {
 		if plan() {
 			t.Fatalf("the failed fetch for an unknown-key session token is retried: %+v", p.session)
 		}
 	}
-	if s := p.session; s.failures != 1 || s.state != api.SessionValid || s.next.IsZero() || s.next.Before(time.Now().Add(time.Minute)) {
-		t.Fatalf("after the failed fetch: %+v, want the token kept to its refresh, the failure counted", s)
+	if s, st := p.session, a.poolStatus(p).Session; s.failures != 1 || st.State != api.SessionValid || s.next.IsZero() || s.next.Before(time.Now().Add(time.Minute)) {
+		t.Fatalf("after the failed fetch: %+v (%s), want the token kept to its refresh, the failure counted", s, st.State)
 	}
 	a.onRotation(p, true, false)
 	if !plan() {

@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -29,17 +30,29 @@ type pool struct {
 	epoch  atomic.Uint64
 	maxAge atomic.Int64 // SEC_TOKEN_MAX_AGE as verifyd reports it (ns); 0 = none
 
+	policy  policy
+	slots   slotter     // nil when the pool's verifyd cannot grant refetch slots
+	noSlots atomic.Bool // its verifyd said it grants none (an older release)
+
 	// Guarded by Agent.mu:
-	session  sessionState
-	refused  string // why the last fetched token was refused ("" after a good fetch)
-	mismatch string // verifyd speaks for another trust domain than the configured one
+	session  session
+	inbox    inbox
+	gate     gate          // closed after a key change; nil when open
+	gateStop chan struct{} // closed when gate opens: its watcher ends
+	refused  string        // why the last fetched token was refused ("" after a good fetch)
+	mismatch string        // verifyd speaks for another trust domain than the configured one
 }
 
 // newPool builds pool pc's fetcher and key checks. fetcher and keys, when
 // not nil, replace what the configuration would build (tests, the fuzzer).
 func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChecker, log *slog.Logger) (*pool, error) {
 	p := &pool{cfg: pc, fetcher: fetcher}
-	p.session.name = pc.SessionToken
+	p.policy = policy{
+		margin:   pc.Validate.ExpMargin.Std(),
+		interval: pc.Validate.Interval.Std(),
+		gate:     pc.Fetch.Method != config.MethodRequest && pc.Fetch.Wait > 0,
+		rand:     rand.N[time.Duration],
+	}
 	if p.fetcher == nil {
 		var err error
 		if p.fetcher, err = fetch.New(fetchOptions(pc.Fetch)); err != nil {
@@ -48,6 +61,9 @@ func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChe
 	}
 	if keys == nil {
 		keys, p.verifyd, p.keys = keyCheckers(pc.Validate, log.With("pool", pc.Name))
+	}
+	if p.verifyd != nil {
+		p.slots = p.verifyd.client
 	}
 	p.checker = &validate.Checker{
 		Pool:         pc.Name,

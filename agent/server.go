@@ -145,6 +145,16 @@ func (a *Agent) poolStatus(p *pool) api.PoolStatus {
 		ps.Validation.VerifydUp, vs = p.verifyd.state()
 		ps.Validation.Generation = vs.Generation
 	}
+	// The session token's state is derived from the policy's memory and
+	// what the store shows now.
+	var exp int64
+	shown := false
+	for _, in := range a.store.Infos() {
+		if in.Name == p.cfg.SessionToken && !in.Hidden {
+			shown, exp = true, a.router.Effective(in.Token).Exp
+			break
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.lastPass.IsZero() {
@@ -153,15 +163,14 @@ func (a *Agent) poolStatus(p *pool) api.PoolStatus {
 	}
 	s := p.session
 	ps.Session = api.Session{
-		Name:      s.name,
+		Name:      p.cfg.SessionToken,
 		Method:    p.cfg.Fetch.Method,
-		State:     s.state,
+		State:     s.status(shown),
 		Failures:  s.failures,
 		LastError: s.lastErr,
 		RequestID: s.requestID,
 	}
-	if s.exp != 0 {
-		exp := s.exp
+	if exp != 0 {
 		ps.Session.Exp = &exp
 	}
 	if !s.next.IsZero() {
@@ -232,6 +241,9 @@ func (a *Agent) handleWipe(w http.ResponseWriter, r *http.Request) {
 	var req api.WipeRequest
 	if !decode(w, r, &req) {
 		return
+	}
+	if a.gates != nil {
+		a.gates.OpenGates() // no request stays parked on tokens that are gone
 	}
 	a.store.Wipe()
 	a.releaseMemory()
@@ -311,7 +323,7 @@ func (a *Agent) handleFetch(w http.ResponseWriter, r *http.Request) {
 	}
 	name := req.Name
 	if name == "" {
-		name = p.session.name
+		name = p.cfg.SessionToken
 	}
 	if err := a.store.CheckName(name); err != nil {
 		writeError(w, api.Errorf(api.CodeBadRequest, "token name %q: %v", name, err))

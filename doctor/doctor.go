@@ -80,6 +80,7 @@ func Run(ctx context.Context, o Options) []Check {
 	for _, c := range poolChecks(pools, st) {
 		add(c)
 	}
+	add(fetchWait(pools))
 	for _, pc := range pools {
 		add(condorTools(pc))
 	}

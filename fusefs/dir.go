@@ -7,7 +7,8 @@ import (
 )
 
 // Lookup resolves a name in the directory. Misses are cached too (negative
-// entries); names the agent adds later are announced with NotifyEntry.
+// entries); names the agent adds later are announced with NotifyEntry. A
+// miss of a name a gate covers waits at the gate, and is never cached.
 func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
 	if !fs.allowed(&h.Caller) {
 		return fuse.EACCES
@@ -20,11 +21,19 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	}
 	a, ok := fs.store.Lookup(name)
 	if !ok {
+		if st := fs.hold(cancel, &h.Caller, name, false); st != fuse.OK {
+			return st
+		}
+		a, ok = fs.store.Lookup(name)
+	}
+	if !ok {
 		// NodeId 0 with a timeout is a cacheable "no such name". Not for
 		// a name being created: its first commit makes it appear, and the
-		// notifier would tell the kernel only a moment later.
+		// notifier would tell the kernel only a moment later. Nor for a
+		// gated name: its fresh token must be found the moment it is in
+		// the store, although the notifier may hold back its NotifyEntry.
 		out.NodeId = 0
-		if !fs.store.Creating(name) {
+		if !fs.store.Creating(name) && !fs.gates.noNegative(name) {
 			out.SetEntryTimeout(fs.opt.CacheTTL)
 		}
 		return fuse.OK
@@ -56,21 +65,27 @@ func (fs *FS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut
 }
 
 func (fs *FS) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, out, false)
+	return fs.readDir(cancel, in, out, false)
 }
 
 func (fs *FS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	return fs.readDir(in, out, true)
+	return fs.readDir(cancel, in, out, true)
 }
 
 // readDir lists the directory from offset in.Offset; offsets count entries
-// ("." is 0, ".." is 1, files follow in name order).
-func (fs *FS) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+// ("." is 0, ".." is 1, files follow in name order). A listing's start
+// waits at every closed gate.
+func (fs *FS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
 	if !fs.allowed(&in.Caller) {
 		return fuse.EACCES
 	}
 	if in.NodeId != rootIno {
 		return fuse.ENOTDIR
+	}
+	if in.Offset == 0 {
+		if st := fs.hold(cancel, &in.Caller, "", true); st != fuse.OK {
+			return st
+		}
 	}
 	entries := fs.store.List()
 	for off := in.Offset; off < uint64(len(entries))+2; off++ {

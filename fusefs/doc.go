@@ -11,10 +11,10 @@
 //     sends them again on this mount (fc->no_open, no_opendir, no_flush).
 //     Without an open there is no file handle: reads, writes and readdir use
 //     the inode alone.
-//   - Entries, negative entries and attributes are cached for Options.CacheTTL,
-//     file pages are kept (the kernel's no-open default is FOPEN_KEEP_CACHE),
-//     and directory listings are cached (FOPEN_CACHE_DIR, also a no-open
-//     default).
+//   - Entries, negative entries (but gated names': see "The gate") and
+//     attributes are cached for Options.CacheTTL, file pages are kept (the
+//     kernel's no-open default is FOPEN_KEEP_CACHE), and directory listings
+//     are cached (FOPEN_CACHE_DIR, also a no-open default).
 //
 // Refusing OPEN and OPENDIR needs the kernel's no_open and no_opendir
 // support (FUSE_NO_OPEN_SUPPORT, FUSE_NO_OPENDIR_SUPPORT in INIT; upstream
@@ -32,10 +32,50 @@
 // The store reports each change (store.OnChange); the notifier goroutine
 // turns it into NotifyEntry / NotifyDelete / NotifyContent calls, including
 // the directory itself (its listing cache) and the page cache of a removed
-// file (an open descriptor must not keep reading a hidden token). Writes
+// file (an open descriptor must not keep reading a hidden token); while a
+// request is held at a gate, entry invalidations wait (see "The gate"). Writes
 // through the mount also drop the written inode's pages: the kernel caches
 // what the writer wrote, and that is not what the file holds until a draft
 // is committed.
+//
+// # The gate
+//
+// After a key change hid a pool's session token, the tools find no token
+// until the fresh one is fetched. So the agent closes a gate on that name
+// (FS.CloseGate), and a user's tool that looks for it (a LOOKUP of the name,
+// or a READDIR at offset 0: the start of a listing) waits for the fresh
+// token: the request is held until the gate opens, at the first of the
+// fresh token being in the store (the waiter answers from the store, not
+// when the kernel has been told), Gate.Open (the fetch failed), the first
+// arrival + fetch.wait (each waiter on its own timer), or OpenGates (wipe,
+// SIGTERM, unmount). An interrupted request (Ctrl-C) answers EINTR at once.
+// Other operations never wait. What keeps it safe with the kernel:
+//   - A held LOOKUP or READDIR holds the directory's lock shared, and an
+//     entry invalidation (NotifyEntry, NotifyDelete) takes it exclusively.
+//     So while a request is held the notifier sends only inode
+//     invalidations (attributes, pages, the listing) and holds back entry
+//     ones, in order, until none is held; and a gate holds requests only
+//     once the invalidations queued before CloseGate (the hide's) have been
+//     sent: the notifier arms it in order.
+//   - A miss of a gated name is never cached: the fresh token is found the
+//     moment it is in the store, whatever entry invalidation is held back.
+//   - Who waits: only a process whose real, effective, saved and filesystem
+//     uids are all the owner's, read from /proc/<tid>/status (the FUSE
+//     header's pid is a thread id); never root (with AllowRoot, HTCondor's
+//     schedd), never the agent (Options.AgentPID) or its descendants (the
+//     fetch command; the agent is a child subreaper, so a double-forked
+//     child stays under it), never when /proc cannot tell.
+//   - The wait stays below half the kernel's FUSE request timeout, where it
+//     has one (RequestTimeout, WaitLimit): a request unanswered past it
+//     aborts the whole mount.
+//
+// Two effects of the held lock, bounded by fetch.wait: creating or renaming
+// a file in the directory waits for the held requests (it takes the lock
+// exclusively), and the kernel queues a lookup of the very name a held
+// LOOKUP is looking up behind it, whoever asks (root and the agent's
+// descendants too; listings and other names are not queued). The fetch
+// command never reads the mount: it has a token directory of its own
+// (agent/fetch).
 //
 // # Writes
 //

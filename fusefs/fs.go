@@ -49,6 +49,12 @@ type Options struct {
 	// Default 10s.
 	DraftTimeout time.Duration
 
+	// AgentPID is the process whose threads and descendants are never
+	// held at a gate (the fetch command reads the directory too). 0 means
+	// this process, which should be a child subreaper (see
+	// internal/reaper) so that double-forked children stay under it.
+	AgentPID int
+
 	Logger *slog.Logger
 	Debug  bool // log every FUSE request (go-fuse debug output; no content)
 }
@@ -62,6 +68,7 @@ type FS struct {
 	log    *slog.Logger
 	server *fuse.Server
 	notes  *notifier
+	gates  gates
 	dir    string
 
 	dirMtime atomic.Int64 // unix nanoseconds of the last change of names
@@ -107,7 +114,12 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		created:       make(map[uint64]bool),
 	}
 	fs.dirMtime.Store(time.Now().UnixNano())
-	fs.notes = newNotifier(fs.log, fs.forgetDraft)
+	timeout, err := RequestTimeout()
+	if err != nil {
+		fs.log.Warn("cannot read the kernel's FUSE request timeout; fetch.wait is not clamped", "err", err)
+	}
+	fs.notes = newNotifier(fs.log, fs.forgetDraft, &fs.gates)
+	fs.gates.init(fs.log, WaitLimit(timeout), fs.notes.signal)
 
 	mo := &fuse.MountOptions{
 		FsName: "tokend",
@@ -228,8 +240,10 @@ func (fs *FS) OnUnmount() { fs.goneOnce.Do(func() { close(fs.gone) }) }
 func (fs *FS) Unmount() error {
 	// Writers' drafts may hold tokens: they go first. Then the kernel is
 	// told of every change already made (a wipe): a busy mount lingers
-	// after a lazy unmount, and must not keep cached tokens.
+	// after a lazy unmount, and must not keep cached tokens. Held
+	// requests answer before, or the invalidations would wait for them.
 	fs.DropDrafts()
+	fs.OpenGates()
 	var err error
 	select {
 	case <-fs.gone:
@@ -237,6 +251,7 @@ func (fs *FS) Unmount() error {
 			err = mounttab.Detach(fs.dir)
 		}
 	default:
+		fs.gates.drain()
 		fs.notes.flush(fs.server)
 		if err = fs.server.Unmount(); err == nil {
 			fs.server.Wait()
@@ -285,10 +300,11 @@ func (fs *FS) forgetDraft(ino uint64) {
 }
 
 // onChange runs in whichever goroutine changed the store, possibly with
-// fs.mu held: it takes no lock and only queues.
+// fs.mu held: it takes only leaf locks, opens gates and queues.
 func (fs *FS) onChange(c store.Change) {
 	if c.Kind != store.Modified {
 		fs.dirMtime.Store(time.Now().UnixNano())
 	}
+	fs.gates.changed(c)
 	fs.notes.push(c)
 }

@@ -48,7 +48,13 @@ type fixture struct {
 func mount(t *testing.T, limits store.Limits, tweak ...func(*Options)) *fixture {
 	t.Helper()
 	testenv.RequireRoot(t, "the filesystem is mounted in-process with DirectMount and read as the test users")
-	dir := t.TempDir()
+	return mountAt(t, t.TempDir(), limits, tweak...)
+}
+
+// mountAt mounts a fresh store at dir, owned by root unless tweak says
+// otherwise.
+func mountAt(t *testing.T, dir string, limits store.Limits, tweak ...func(*Options)) *fixture {
+	t.Helper()
 	st := store.New(limits)
 	sink := &syncbuf.Buffer{}
 	opt := Options{

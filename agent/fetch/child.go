@@ -25,10 +25,12 @@ var errTimeout = errors.New("fetch timed out")
 
 // start runs argv with stdout going to the given file (the child's end of a
 // pipe or terminal, closed here once the child has it), stdin /dev/null,
-// stderr captured, in a new process group that is killed when ctx is done.
-func start(ctx context.Context, argv []string, stdout *os.File) (*exec.Cmd, *tail, error) {
+// stderr captured, tokenDir as its token directory, in a new process group
+// that is killed when ctx is done.
+func start(ctx context.Context, argv []string, stdout *os.File, tokenDir string) (*exec.Cmd, *tail, error) {
 	defer stdout.Close()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), tokenDirEnv+"="+tokenDir)
 	stderr := new(tail)
 	cmd.Stdout = stdout // an *os.File: handed to the child, no copying goroutine
 	cmd.Stderr = stderr

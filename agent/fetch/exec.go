@@ -21,12 +21,17 @@ func (f *execFetcher) Fetch(ctx context.Context, req Request, _ func(Progress)) 
 	ctx, cancel := context.WithTimeoutCause(ctx, f.o.Timeout, errTimeout)
 	defer cancel()
 
+	tokenDir, done, err := f.o.tokenDir()
+	if err != nil {
+		return nil, f.o.fail(err)
+	}
+	defer done()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, f.o.fail(fmt.Errorf("cannot make a pipe: %w", err))
 	}
 	defer r.Close()
-	cmd, stderr, err := start(ctx, argv, w)
+	cmd, stderr, err := start(ctx, argv, w, tokenDir)
 	if err != nil {
 		return nil, f.o.fail(err)
 	}

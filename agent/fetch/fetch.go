@@ -10,7 +10,9 @@
 // anything that looks like a token redacted, and never the child's stdout.
 //
 // Child processes get /dev/null as stdin and a process group of their own,
-// which is killed with SIGKILL when the fetch times out or is canceled.
+// which is killed with SIGKILL when the fetch times out or is canceled, and
+// a token directory of their own (Options.Tokens): they never read the
+// mount, where a tool's first look after a key change waits for the fetch.
 package fetch
 
 import (
@@ -59,6 +61,16 @@ type Options struct {
 	// the token's sub (default "<User>@<Issuer>"). exec ignores it: the
 	// schedd decides who the caller is.
 	Identity string
+
+	// Tokens returns the pool's shown token files, for a command that
+	// talks to a schedd elsewhere (Pool or Name set): the command's private
+	// token directory (_CONDOR_SEC_TOKEN_DIRECTORY) holds them and nothing
+	// else. For this host's schedd (FS authentication) it stays empty. nil
+	// = empty. The fetch wipes the buffers. exec and request.
+	Tokens func() []TokenFile
+	// TokenDir is the parent of the private token directories; "" =
+	// $XDG_RUNTIME_DIR, else /run/user/UID.
+	TokenDir string
 
 	// The local issuer.
 	KeyDir  string // a SEC_PASSWORD_DIRECTORY-like folder of scrambled key files; required

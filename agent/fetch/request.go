@@ -35,12 +35,17 @@ func (f *requestFetcher) Fetch(ctx context.Context, req Request, progress func(P
 
 	// HTCondor buffers stdout when it is a pipe, so the request id would
 	// only appear when the tool exits: give it a terminal.
+	tokenDir, done, err := f.o.tokenDir()
+	if err != nil {
+		return nil, f.o.fail(err)
+	}
+	defer done()
 	master, tty, err := openPTY()
 	if err != nil {
 		return nil, f.o.fail(err)
 	}
 	defer master.Close()
-	cmd, stderr, err := start(ctx, argv, tty)
+	cmd, stderr, err := start(ctx, argv, tty, tokenDir)
 	if err != nil {
 		return nil, f.o.fail(err)
 	}
