@@ -140,7 +140,7 @@ func (d *demo) run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	d.say("   fresh session token %s after the key changed (each agent waits a random 0-3 s so a host's agents do not reach the schedd together)", since(rotated))
+	d.say("   fresh session token %s after the key changed (verifyd gives a lone agent its refetch slot at once, and paces a host's agents at its refetch_rate; meanwhile a tool's first look waits for the fresh token, up to fetch.wait)", since(rotated))
 	d.shell("ls", "-l", d.dir)
 	d.cli("list", "--all")
 	if err := d.showPick(); err != nil {
