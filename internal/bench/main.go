@@ -10,7 +10,10 @@
 //     agent's private memory after a burst of writes and reads, beside one
 //     never used (burst.go);
 //   - key rotation with a real verifyd: the time until the stale token is
-//     gone from the directory, and how a fleet's refetches spread out;
+//     gone from the directory and to the fresh session token, against an
+//     agent whose verifyd grants no refetch slots; a tool reading every
+//     30 ms across a rotation, with the gate and without (gate.go); how a
+//     fleet's refetches spread out;
 //   - verifyd's refetch schedule alone (no mounts): 1000 agents' slots,
 //     and 100 with one in ten urgent, against the rate;
 //   - login sessions (`tokend session open|close`), when available.
@@ -82,7 +85,7 @@ func main() {
 	tokend := flag.String("tokend", "bin/tokend", "the tokend `binary` to measure (built without -race)")
 	fleet := flag.Int("agents", 100, "idle agents of different users for the fleet figures")
 	rounds := flag.Int("rounds", 15, "timing rounds of each read figure")
-	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, burst, rotation, fleet, slots, sessions); slots alone needs no root")
+	only := flag.String("only", "", "run only these `phases` (comma-separated: reading, start, memory, burst, rotation, gate, fleet, slots, sessions); slots alone needs no root")
 	flag.Parse()
 	os.Exit(run(*tokend, *fleet, *rounds, *only))
 }
@@ -125,6 +128,7 @@ func run(tokend string, fleet, rounds int, only string) int {
 		{"memory", b.memory},
 		{"burst", b.burst},
 		{"rotation", b.rotation},
+		{"gate", b.gatePhase},
 		{"fleet", b.fleetPhase},
 		{"slots", b.slotsPhase},
 		{"sessions", b.sessions},

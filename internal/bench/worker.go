@@ -15,6 +15,9 @@ package main
 //	burst DIR PREFIX SEQS PAR        tokens on stdin written as DIR/PREFIX-000,
 //	                                 ... while PAR readers run the read
 //	                                 sequence SEQS times (burst.go)
+//	tool DIR PERIOD DURATION         print "ready", then run the read sequence
+//	                                 on DIR every PERIOD for DURATION, one
+//	                                 JSON toolRun a line (gate.go)
 
 import (
 	"bufio"
@@ -50,6 +53,8 @@ func worker(args []string) int {
 		err = readJob(args[1], args[2], args[3], args[4])
 	case len(args) == 4 && args[0] == "watch":
 		err = watchJob(args[1], args[2], args[3])
+	case len(args) == 4 && args[0] == "tool":
+		err = toolJob(args[1], args[2], args[3])
 	case len(args) == 5 && args[0] == "burst":
 		err = burstJob(args[1], args[2], args[3], args[4], os.Stdin)
 	default:
