@@ -10,7 +10,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # Fuzzers run this long each in `make test`; longer with `make fuzz FUZZTIME=5m`.
 FUZZTIME ?= 10s
 
-.PHONY: build demo test setup fuzz bench clean install deb rpm
+.PHONY: build launcher demo test setup fuzz bench clean install deb rpm
 
 # `make install`: the binaries (built first with `make build`), the units, the
 # PAM snippet, the default /etc/tokend/config.toml (kept if present), the man
@@ -62,11 +62,19 @@ endef
 
 # tokend is linked dynamically (cgo): user lookups go through NSS (SSSD,
 # LDAP), so building it needs a C compiler. tokend-pam, which pam_exec runs
-# as root with an environment users may set, is static (and so not PIE):
-# no dynamic loader reads that environment.
-build:
+# as root with an environment users may set, is C linked statically (and so
+# not PIE): no dynamic loader and no language runtime (Go's reads GOMAXPROCS,
+# GODEBUG, ...) reads that environment before it runs. It needs the static C
+# library (libc6-dev; glibc-static on EL). The tests build it with `make
+# launcher` too (testenv.BuildLauncher), with $(CC): cc unless set.
+PAMCFLAGS ?= -O2 -Wall -Wextra -Werror -fstack-protector-strong -D_FORTIFY_SOURCE=2
+
+build: launcher
 	CGO_ENABLED=1 $(GO) build -trimpath $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tokend
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(PAMBIN) ./cmd/tokend-pam
+
+launcher:
+	mkdir -p $(dir $(PAMBIN))
+	$(CC) -static $(PAMCFLAGS) -o $(PAMBIN) cmd/tokend-pam/main.c
 
 demo: build
 	./$(BIN) demo
@@ -123,10 +131,11 @@ install:
 	@echo "  the PAM line in $(DATADIR)/tokend/pam-session      (no user managers)"
 	@echo "  systemctl enable --now tokend-verifyd.socket      (key-rotation notices)"
 
-# The packages' binary is stripped (as rpmbuild and dh_strip would) and
-# position-independent (EL's hardening).
+# The packages' binaries are stripped (as rpmbuild and dh_strip would), and
+# tokend is position-independent (EL's hardening).
 deb rpm: LDFLAGS += -s -w
 deb rpm: BUILDFLAGS += -buildmode=pie
+deb rpm: PAMCFLAGS += -s
 
 deb: build
 	rm -rf $(DEBROOT)

@@ -64,7 +64,7 @@ func TestMakeInstall(t *testing.T) {
 		t.Fatal("make is missing: apt-get install -y make")
 	}
 	bin := testenv.Build(t, "./cmd/tokend")
-	testenv.BuildStatic(t, "./cmd/tokend-pam") // beside it, where make install looks
+	testenv.BuildLauncher(t) // beside it, where make install looks
 	dest := t.TempDir()
 	out := runMake(t, "install", "DESTDIR="+dest, "BIN="+bin)
 	want := map[string]os.FileMode{

@@ -76,7 +76,7 @@ func newPAMAs(t *testing.T, u testenv.User, pamOptions string, settings map[stri
 	}
 	p.service = "tokend-test-" + randomHex(4)
 	conf := fmt.Sprintf("auth required pam_exec.so expose_authtok /bin/true\naccount required pam_permit.so\n%ssession optional pam_exec.so %s %s --config %s\n",
-		before, pamOptions, testenv.BuildStatic(t, "./cmd/tokend-pam"), e.config)
+		before, pamOptions, testenv.BuildLauncher(t), e.config)
 	if err := os.WriteFile(filepath.Join("/etc/pam.d", p.service), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +447,7 @@ func TestPAMLoginWithFailingFetch(t *testing.T) {
 // from PAM, it runs through the launcher, and refuses to run without it.
 func TestSessionHookRefuses(t *testing.T) {
 	e := newEnv(t, nil)
-	launcher := testenv.BuildStatic(t, "./cmd/tokend-pam")
+	launcher := testenv.BuildLauncher(t)
 	// bin is tokend (run as `tokend session ARGS`) or the launcher (which
 	// adds "session" itself).
 	run := func(bin string, u testenv.User, env []string, args ...string) (string, int) {

@@ -168,18 +168,29 @@ var (
 // when the test has it, into a directory every user can read and execute.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	return build(t, pkg, false)
+	return build(t, pkg, func(bin string) *exec.Cmd {
+		args := []string{"build", "-o", bin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		return exec.Command("go", append(args, pkg)...)
+	})
 }
 
-// BuildStatic compiles pkg as `make build` builds tokend-pam: statically
-// linked, with CGO_ENABLED=0 and so without the race detector. It lands
-// in the same directory as Build's binaries, beside tokend.
-func BuildStatic(t testing.TB, pkg string) string {
+// BuildLauncher builds the PAM launcher tokend-pam (cmd/tokend-pam/main.c)
+// as `make build` does, with `make launcher`: C, linked statically. It
+// lands in the same directory as Build's binaries, beside tokend.
+func BuildLauncher(t testing.TB) string {
 	t.Helper()
-	return build(t, pkg, true)
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Fatal("make is missing: apt-get install -y make gcc libc6-dev (.ci/setup does)")
+	}
+	return build(t, "tokend-pam", func(bin string) *exec.Cmd {
+		return exec.Command("make", "--no-print-directory", "launcher", "PAMBIN="+bin)
+	})
 }
 
-func build(t testing.TB, pkg string, static bool) string {
+func build(t testing.TB, pkg string, command func(bin string) *exec.Cmd) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
@@ -197,17 +208,10 @@ func build(t testing.TB, pkg string, static bool) string {
 		buildDir = d
 	}
 	bin := filepath.Join(buildDir, filepath.Base(pkg))
-	args := []string{"build", "-o", bin}
-	if raceEnabled && !static {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, pkg)...)
+	cmd := command(bin)
 	cmd.Dir = ModuleRoot(t)
-	if static {
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
 	built[pkg] = bin
 	return bin

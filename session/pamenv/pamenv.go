@@ -3,15 +3,16 @@
 // PAM_TYPE, PAM_SERVICE, ...); where users may set PAM environment
 // variables (pam_env with user_readenv=1), the part before the items is
 // theirs, loader variables (LD_PRELOAD) and second copies of the items
-// included. So the program on the PAM line is tokend-pam, a static launcher
-// (no dynamic loader reads its environment): it reads the items, refuses a
-// block that names one twice, and runs `tokend session` with an environment
-// built by Launch. What the user may set for their agent travels under a
-// prefix no library reads, and `tokend session` turns it back (Carried)
-// only once it runs as the user.
+// included. So the program on the PAM line is tokend-pam, a static C
+// launcher (cmd/tokend-pam/main.c: no dynamic loader and no language runtime
+// reads its environment): it reads the items, refuses a block that names one
+// twice, and runs `tokend session` with the environment Launch builds. What
+// the user may set for their agent travels under a prefix no library reads,
+// and `tokend session` turns it back (Carried) only once it runs as the user.
 //
-// This package is imported by the launcher: it must stay small and need no
-// cgo.
+// This package is the reference of that format: the launcher's tests
+// (cmd/tokend-pam) hold its output to Launch and its refusal to
+// DuplicateError. A change here is a change to main.c too.
 package pamenv
 
 import (
