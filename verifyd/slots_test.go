@@ -77,8 +77,8 @@ func TestScheduleLoneAgent(t *testing.T) {
 	}
 }
 
-// N agents asking at the same moment: ordinary ones on four ticks in
-// five, urgent ones on every tick, each uid once, within the rate.
+// N agents asking at the same moment: ordinary ones on all ticks but every
+// urgentEvery-th, urgent ones on every tick, each uid once, within the rate.
 func TestScheduleBurst(t *testing.T) {
 	for _, n := range []int{1, 10, 1000} {
 		for _, urgent := range []bool{false, true} {
@@ -114,7 +114,7 @@ func TestScheduleBurst(t *testing.T) {
 }
 
 // Urgent requests behind a long ordinary queue, coming no faster than
-// their fifth of the rate, go within five ticks, and the whole stays within
+// their share of the rate, go within urgentEvery ticks, and the whole stays within
 // the rate.
 func TestScheduleUrgentBehindQueue(t *testing.T) {
 	s := NewSchedule(100)
@@ -124,7 +124,7 @@ func TestScheduleUrgentBehindQueue(t *testing.T) {
 	}
 	queueEnd := slices.MaxFunc(slots, time.Time.Compare)
 	for i, uid := 0, uint32(5000); i < 300; i, uid = i+1, uid+1 {
-		now := t0.Add(ms(53 * float64(i)))
+		now := t0.Add(ms((urgentEvery*10 + 3) * float64(i))) // a little slower than their share
 		at := grant(t, s, uid, 3, true, now)
 		if wait := at.Sub(now); wait > urgentEvery*s.Tick() {
 			t.Fatalf("urgent request at +%v behind the queue waits %v; want at most %v", now.Sub(t0), wait, urgentEvery*s.Tick())
@@ -139,7 +139,7 @@ func TestScheduleUrgentBehindQueue(t *testing.T) {
 }
 
 // Agents arriving over time, one in ten urgent, at several rates: within
-// the rate; an urgent one waits at most five ticks for each urgent slot
+// the rate; an urgent one waits at most urgentEvery ticks for each urgent slot
 // still ahead of it, and itself; the ordinary ones finish within their
 // share.
 func TestScheduleArrivals(t *testing.T) {
