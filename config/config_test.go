@@ -610,6 +610,14 @@ func TestEncodeRoundTrip(t *testing.T) {
 	c.Fetch.Lifetime = Duration(2 * time.Hour)
 	c.Session.Grace = Duration(90 * time.Second)
 	c.Fetch.Command = []string{"my-fetch", "--flag"}
+	if got, text := roundTrip(t, c); !reflect.DeepEqual(got, c) {
+		t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got, c, text)
+	}
+}
+
+// roundTrip encodes c as TOML and loads it back; text is what was written.
+func roundTrip(t *testing.T, c Config) (got Config, text string) {
+	t.Helper()
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
 		t.Fatal(err)
@@ -620,9 +628,7 @@ func TestEncodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(encoded) = %v\n%s", err, buf.String())
 	}
-	if !reflect.DeepEqual(got, c) {
-		t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got, c, buf.String())
-	}
+	return got, buf.String()
 }
 
 func TestSuggest(t *testing.T) {

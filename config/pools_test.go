@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"fmt"
 	"path/filepath"
 	"reflect"
@@ -354,21 +353,12 @@ func TestPoolsEncodeRoundTrip(t *testing.T) {
 		"b": {TrustDomain: "b.example", SessionToken: "bt", Fetch: PoolFetch{Pool: "cm.b"},
 			Validate: PoolValidate{KeyDir: "/k", Probe: []string{"p"}}},
 	}
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "c.toml")
-	write(t, path, buf.String())
-	got, err := Load(path)
-	if err != nil {
-		t.Fatalf("Load(encoded) = %v\n%s", err, buf.String())
-	}
+	got, text := roundTrip(t, c)
 	if !reflect.DeepEqual(got.PoolList(), c.PoolList()) {
-		t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got.PoolList(), c.PoolList(), buf.String())
+		t.Errorf("round trip:\n got %+v\nwant %+v\n%s", got.PoolList(), c.PoolList(), text)
 	}
 	if a := got.Pools["a"].Fetch; a.Method != nil || a.Timeout != nil || a.Authz != nil {
-		t.Errorf("unset values came back set: %+v\n%s", a, buf.String())
+		t.Errorf("unset values came back set: %+v\n%s", a, text)
 	}
 }
 
