@@ -14,18 +14,11 @@ import (
 type execFetcher struct{ o Options }
 
 func (f *execFetcher) Fetch(ctx context.Context, req Request, _ func(Progress)) (*secmem.Buffer, error) {
-	argv, err := f.o.argv(req)
+	argv, tokenDir, ctx, end, err := f.o.prepare(ctx, req)
 	if err != nil {
-		return nil, f.o.fail(err)
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, f.o.Timeout, errTimeout)
-	defer cancel()
-
-	tokenDir, done, err := f.o.tokenDir()
-	if err != nil {
-		return nil, f.o.fail(err)
-	}
-	defer done()
+	defer end()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, f.o.fail(fmt.Errorf("cannot make a pipe: %w", err))

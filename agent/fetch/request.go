@@ -26,20 +26,13 @@ var requestID = regexp.MustCompile(`approve request (\d+)`)
 
 func (f *requestFetcher) Fetch(ctx context.Context, req Request, progress func(Progress)) (*secmem.Buffer, error) {
 	started := time.Now()
-	argv, err := f.o.argv(req)
+	argv, tokenDir, ctx, end, err := f.o.prepare(ctx, req)
 	if err != nil {
-		return nil, f.o.fail(err)
+		return nil, err
 	}
-	ctx, cancel := context.WithTimeoutCause(ctx, f.o.Timeout, errTimeout)
-	defer cancel()
-
+	defer end()
 	// HTCondor buffers stdout when it is a pipe, so the request id would
 	// only appear when the tool exits: give it a terminal.
-	tokenDir, done, err := f.o.tokenDir()
-	if err != nil {
-		return nil, f.o.fail(err)
-	}
-	defer done()
 	master, tty, err := openPTY()
 	if err != nil {
 		return nil, f.o.fail(err)

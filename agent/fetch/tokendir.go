@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -117,4 +118,20 @@ func wipeDir(dir string) {
 		}
 	}
 	os.RemoveAll(dir)
+}
+
+// prepare gives a fetch what both command fetchers need before the
+// command starts: its command line, its deadline (Timeout) and its private
+// token directory. end releases the last two. A failure is the fetch's
+// *Error.
+func (o *Options) prepare(ctx context.Context, req Request) (argv []string, tokenDir string, _ context.Context, end func(), err error) {
+	if argv, err = o.argv(req); err != nil {
+		return nil, "", nil, nil, o.fail(err)
+	}
+	tokenDir, done, err := o.tokenDir()
+	if err != nil {
+		return nil, "", nil, nil, o.fail(err)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, o.Timeout, errTimeout)
+	return argv, tokenDir, ctx, func() { cancel(); done() }, nil
 }
