@@ -21,10 +21,13 @@ func (fs *FS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out 
 	}
 	a, ok := fs.store.Lookup(name)
 	if !ok {
-		if st := fs.hold(cancel, &h.Caller, name, false); st != fuse.OK {
+		waited, st := fs.hold(cancel, &h.Caller, name, false)
+		if st != fuse.OK {
 			return st
 		}
-		a, ok = fs.store.Lookup(name)
+		if waited {
+			a, ok = fs.store.Lookup(name)
+		}
 	}
 	if !ok {
 		// NodeId 0 with a timeout is a cacheable "no such name". Not for
@@ -83,7 +86,7 @@ func (fs *FS) readDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntr
 		return fuse.ENOTDIR
 	}
 	if in.Offset == 0 {
-		if st := fs.hold(cancel, &in.Caller, "", true); st != fuse.OK {
+		if _, st := fs.hold(cancel, &in.Caller, "", true); st != fuse.OK {
 			return st
 		}
 	}

@@ -226,6 +226,14 @@ func (s *gates) drain() {
 
 // matching returns the armed gates a request would wait on: those on name,
 // or every one for a listing (all).
+// covers reports whether an armed gate covers name (all: a listing),
+// without building the list matching returns.
+func (s *gates) covers(name string, all bool) bool {
+	return slices.ContainsFunc(s.closed, func(g *Gate) bool {
+		return g.armed && (all || slices.Contains(g.names, name))
+	})
+}
+
 func (s *gates) matching(name string, all bool) []*Gate {
 	var gs []*Gate
 	for _, g := range s.closed {
@@ -239,14 +247,15 @@ func (s *gates) matching(name string, all bool) []*Gate {
 // hold parks a LOOKUP of name (all false) or a READDIR at offset 0 (all
 // true) while an armed gate covers it and the caller is a user process that
 // may wait (mayWait). It answers OK when the request may go on, EINTR when
-// it was interrupted while waiting.
-func (fs *FS) hold(cancel <-chan struct{}, c *fuse.Caller, name string, all bool) fuse.Status {
+// it was interrupted while waiting; waited says whether it was held, so
+// that a caller looks at the store again only then.
+func (fs *FS) hold(cancel <-chan struct{}, c *fuse.Caller, name string, all bool) (waited bool, st fuse.Status) {
 	s := &fs.gates
 	s.mu.Lock()
-	gated := len(s.matching(name, all)) > 0
+	gated := s.covers(name, all)
 	s.mu.Unlock()
 	if !gated || !fs.mayWait(c) {
-		return fuse.OK
+		return false, fuse.OK
 	}
 
 	now := time.Now()
@@ -280,15 +289,15 @@ func (fs *FS) hold(cancel <-chan struct{}, c *fuse.Caller, name string, all bool
 		g.open("no fresh token within fetch.wait")
 	}
 	if len(waits) == 0 {
-		return fuse.OK
+		return false, fuse.OK
 	}
 	defer s.unpark()
 	for _, w := range waits {
 		if !w.g.await(cancel, w.deadline) {
-			return fuse.EINTR
+			return true, fuse.EINTR
 		}
 	}
-	return fuse.OK
+	return true, fuse.OK
 }
 
 // await waits, on its own timer, until g opens or deadline; it reports

@@ -539,3 +539,20 @@ func TestGateDoubleForkedChildOfAgent(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist)
 	})
 }
+
+// A second key change's gate on the same name opens the first: one gate
+// per name, the newest.
+func TestGateSupersededByNewer(t *testing.T) {
+	f := mountForUser(t, standIn(t))
+	f.put(t, "tokend-session", append(newToken(t, "a@x"), '\n'))
+	f.hide(t, "tokend-session")
+	older := f.closeGate(t, []string{"tokend-session"}, long)
+	newer := f.closeGate(t, []string{"tokend-session"}, long)
+	if !isClosed(older.opened) {
+		t.Fatal("the older gate on the name stayed closed under the newer one")
+	}
+	if isClosed(newer.opened) {
+		t.Fatal("the newer gate opened")
+	}
+	newer.Open()
+}

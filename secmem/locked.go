@@ -22,7 +22,7 @@ func FromLocked(p []byte) (*Buffer, error) {
 	if err != nil {
 		return nil, err
 	}
-	copy(b.Bytes(), p)
+	Copy(b.Bytes(), p)
 	return b, nil
 }
 
