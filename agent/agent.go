@@ -134,7 +134,7 @@ func newAgent(o Options) (*Agent, error) {
 		if i == 0 {
 			fetcher, keys = o.Fetcher, o.Keys
 		}
-		p, err := newPool(pc, fetcher, keys, a.log)
+		p, err := newPool(pc, fetcher, keys, a.log, a.shownFiles)
 		if err != nil {
 			return nil, err
 		}

@@ -84,3 +84,17 @@ func (a *Agent) fetchInto(ctx context.Context, p *pool, name string, req fetch.R
 	a.log.Info("token fetched", "pool", p.cfg.Name, "name", name, "token", t, "took", time.Since(started).Round(time.Millisecond))
 	return t, nil
 }
+
+// shownFiles is what a fetch command from a remote schedd gets as its own
+// token directory: a copy of every file the mount shows, as it would have
+// read them there (the tool picks the token of the schedd's trust domain).
+// The fetch wipes the copies.
+func (a *Agent) shownFiles() []fetch.TokenFile {
+	var out []fetch.TokenFile
+	for _, e := range a.store.List() {
+		if b, err := a.store.Content(e.Attr.Ino); err == nil {
+			out = append(out, fetch.TokenFile{Name: e.Name, Content: b})
+		}
+	}
+	return out
+}

@@ -45,7 +45,7 @@ type pool struct {
 
 // newPool builds pool pc's fetcher and key checks. fetcher and keys, when
 // not nil, replace what the configuration would build (tests, the fuzzer).
-func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChecker, log *slog.Logger) (*pool, error) {
+func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChecker, log *slog.Logger, shown func() []fetch.TokenFile) (*pool, error) {
 	p := &pool{cfg: pc, fetcher: fetcher}
 	p.policy = policy{
 		margin:   pc.Validate.ExpMargin.Std(),
@@ -55,7 +55,9 @@ func newPool(pc config.PoolConfig, fetcher fetch.Fetcher, keys []validate.KeyChe
 	}
 	if p.fetcher == nil {
 		var err error
-		if p.fetcher, err = fetch.New(fetchOptions(pc.Fetch)); err != nil {
+		o := fetchOptions(pc.Fetch)
+		o.Tokens = shown
+		if p.fetcher, err = fetch.New(o); err != nil {
 			return nil, fmt.Errorf("config %s: %w", poolTable(pc.Name, "fetch"), err)
 		}
 	}

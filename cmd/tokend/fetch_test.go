@@ -200,3 +200,44 @@ func TestSessionTokenRemovedByUser(t *testing.T) {
 		t.Fatalf("after tokend fetch the session token is %s", st.Session.State)
 	}
 }
+
+// A fetch from a schedd elsewhere (fetch.pool set) gets its own token
+// directory holding what the mount shows, as the tool would have read it
+// there; it never reads the mount, where a tool's first look after a key
+// change may be waiting for this very fetch.
+func TestFetchTokenDirectory(t *testing.T) {
+	e := newEnv(t, nil)
+	good := e.sign("tool@test.example", time.Hour)
+	tokFile := filepath.Join(e.work, "next-token")
+	e.writeFile(tokFile, string(good)+"\n", 0o600)
+	seen := filepath.Join(e.work, "seen")
+	fetch := e.standIn("condor_token_fetch", `case "$_CONDOR_SEC_TOKEN_DIRECTORY" in
+  `+e.dir+`*|"") echo "no private token directory: $_CONDOR_SEC_TOKEN_DIRECTORY" >&2; exit 1 ;;
+esac
+{ echo "$@"; ls "$_CONDOR_SEC_TOKEN_DIRECTORY"; cat "$_CONDOR_SEC_TOKEN_DIRECTORY"/* 2>/dev/null; } > `+seen+`
+cat `+tokFile+`
+`)
+	e.set(map[string]string{"fetch.method": `"exec"`, "fetch.command": `[` + quote(fetch) + `]`, "fetch.pool": `"cm.elsewhere.example"`})
+	// The copies live in the runtime directory, in memory, as in a login
+	// session.
+	runtime, err := os.MkdirTemp("/dev/shm", "tokend-runtime-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runtime) })
+	if err := os.Chown(runtime, e.u.UID, e.u.GID); err != nil {
+		t.Fatal(err)
+	}
+	e.agentEnv = append(e.agentEnv, "XDG_RUNTIME_DIR="+runtime)
+	e.start()
+	if errno := e.write("write", "mine", good); errno != "" {
+		t.Fatalf("writing a token: %s", errno)
+	}
+	if _, stderr, code := e.cli("fetch", "--name", "other"); code != 0 {
+		t.Fatalf("tokend fetch: exit %d: %s", code, stderr)
+	}
+	got, _ := os.ReadFile(seen)
+	if !strings.Contains(string(got), "-pool cm.elsewhere.example") || !strings.Contains(string(got), "mine") || !strings.Contains(string(got), string(good)) {
+		t.Fatalf("the remote fetch's token directory does not hold the shown files:\n%s", got)
+	}
+}
