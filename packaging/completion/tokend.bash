@@ -39,13 +39,17 @@ _tokend() {
 	--name | --lifetime | --authz | --pid | --timeout | --trust-domain)
 		return
 		;;
+	--log-level)
+		COMPREPLY=($(compgen -W "debug info warn error" -- "$cur"))
+		return
+		;;
 	esac
 
 	local flags=""
 	case ${words[1]} in
-	status | doctor) flags="--json --socket" ;;
-	list | ls) flags="--all --json --socket" ;;
-	fetch) flags="--pool --name --lifetime --authz --json --socket" ;;
+	status | doctor) flags="--config --json --socket" ;;
+	list | ls) flags="--all --config --json --socket" ;;
+	fetch) flags="--pool --name --lifetime --authz --config --json --socket" ;;
 	rm)
 		if [[ $cur != -* ]]; then
 			# Token names, from the agent (never the tokens themselves).
@@ -54,18 +58,18 @@ _tokend() {
 			COMPREPLY=($(compgen -W "$names" -- "$cur"))
 			return
 		fi
-		flags="--socket"
+		flags="--config --socket"
 		;;
-	wipe) flags="--logout --socket" ;;
+	wipe) flags="--config --logout --socket" ;;
 	session)
 		if [[ $cword -eq 2 && $cur != -* ]]; then
 			COMPREPLY=($(compgen -W "open close" -- "$cur"))
 			return
 		fi
-		flags="--config --pid --timeout"
+		flags="--config --socket --pid --timeout"
 		;;
 	agent) flags="--config --dir --socket" ;;
-	verifyd) flags="--config --socket --password-dir --pool-key --trust-domain" ;;
+	verifyd) flags="--config --socket --password-dir --pool-key --trust-domain --log-level" ;;
 	esac
 	COMPREPLY=($(compgen -W "$flags" -- "$cur"))
 }
