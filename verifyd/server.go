@@ -491,18 +491,11 @@ func (s *Server) check(raw []byte, now time.Time) verdict {
 	default:
 		if err := token.Verify(raw, key); err != nil { // hmac.Equal: constant time
 			v.reason = token.ReasonOf(err)
-		} else if t.ExpiresWithin(now, 0) || s.pastMaxAge(t, now) {
+		} else if e := t.Effective(s.maxAge); e.ExpiresWithin(now, 0) { // iat + SEC_TOKEN_MAX_AGE too
 			v.reason = token.Expired
 		}
 	}
 	return v
-}
-
-// pastMaxAge reports whether the servers refuse t for its age: iat +
-// SEC_TOKEN_MAX_AGE has passed. (That is token.Token.Effective's expiry,
-// with no margin.)
-func (s *Server) pastMaxAge(t *token.Token, now time.Time) bool {
-	return s.maxAge > 0 && !now.Before(time.Unix(t.Iat, 0).Add(s.maxAge))
 }
 
 func (s *Server) handleGeneration(w http.ResponseWriter, r *http.Request) {
