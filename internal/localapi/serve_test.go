@@ -532,3 +532,31 @@ func TestNoBodyLeftInMemory(t *testing.T) {
 		}
 	}
 }
+
+// A handler's own Content-Length never reaches the wire: the answer says
+// the length written, so a kept-alive connection stays in step.
+func TestServeOwnLength(t *testing.T) {
+	liar := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "999")
+		io.WriteString(w, "hi")
+	})
+	s := serveOwn(t, liar, ServeOptions{MaxBodyBytes: 64})
+	c, err := net.Dial("unix", s.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		resp, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || string(b) != "hi" || resp.ContentLength != 2 {
+			t.Fatalf("answer %d: %q, %v, Content-Length %d", i, b, err, resp.ContentLength)
+		}
+	}
+}
