@@ -246,7 +246,7 @@ func TestFetchedHiddenBacksOff(t *testing.T) {
 			t.Fatal("a fetch started at once after the fetched token was hidden")
 		}
 	}
-	s, st := p.session, a.poolStatus(p).Session
+	s, st := p.session, a.poolStatus(p, a.store.Infos()).Session
 	if s.failures != 1 || st.State != api.SessionFailed || !s.next.After(now) || !strings.Contains(s.lastErr, "hidden at its first check") {
 		t.Fatalf("after the fetched token was hidden: %+v (%s), want a failure with a backoff", s, st.State)
 	}
@@ -306,7 +306,7 @@ func TestUnknownKeySessionOncePerEpoch(t *testing.T) {
 			t.Fatalf("the failed fetch for an unknown-key session token is retried: %+v", p.session)
 		}
 	}
-	if s, st := p.session, a.poolStatus(p).Session; s.failures != 1 || st.State != api.SessionValid || s.next.IsZero() || s.next.Before(time.Now().Add(time.Minute)) {
+	if s, st := p.session, a.poolStatus(p, a.store.Infos()).Session; s.failures != 1 || st.State != api.SessionValid || s.next.IsZero() || s.next.Before(time.Now().Add(time.Minute)) {
 		t.Fatalf("after the failed fetch: %+v (%s), want the token kept to its refresh, the failure counted", s, st.State)
 	}
 	a.onRotation(p, true, false)

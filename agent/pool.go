@@ -126,6 +126,10 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 	}
 	name := p.cfg.Name
 	cur, from := a.router.TrustDomain(name)
+	other := ""
+	if td != "" {
+		other = a.configuredElsewhere(p, td)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch {
@@ -138,9 +142,8 @@ func (a *Agent) learn(p *pool, td string, maxAge time.Duration) bool {
 			a.log.Warn("verifyd speaks for another trust domain than the configured one", "pool", name, "verifyd_trust_domain", td, "trust_domain", p.cfg.TrustDomain)
 		}
 		return false
-	case td != "" && a.configuredElsewhere(p, td) != "":
+	case other != "":
 		// Another pool's: its tokens stay that pool's to judge.
-		other := a.configuredElsewhere(p, td)
 		p.mismatch = fmt.Sprintf("verifyd (%s) speaks for the trust domain %q, which is pool %s's: it judges none of its tokens; point %s at this pool's verifyd, or set %s",
 			p.verifyd.client.Socket(), td, other, configKey(name, "validate.verifyd"), configKey(name, "trust_domain"))
 		a.log.Warn("verifyd speaks for another pool's trust domain", "pool", name, "verifyd_trust_domain", td, "other_pool", other)

@@ -68,7 +68,7 @@ func TestTrustDomainSources(t *testing.T) {
 		t.Fatal("forgetting verifyd's trust domain changed nothing")
 	}
 	check("condor.example", api.TrustFromCondor)
-	if got := a.poolStatus(def).TokenMaxAge; got != 9 {
+	if got := a.poolStatus(def, a.store.Infos()).TokenMaxAge; got != 9 {
 		t.Fatalf("token_max_age %d, want 9", got)
 	}
 

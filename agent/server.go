@@ -112,7 +112,8 @@ func (a *Agent) Status() api.Status {
 		MemoryLockedBytes: mem.Locked,
 		MemoryLockLimit:   max(mem.Limit, 0), // unlimited: no limit to show
 	}
-	for _, in := range a.store.Infos() {
+	infos := a.store.Infos()
+	for _, in := range infos {
 		switch {
 		case !in.Hidden:
 			st.Tokens++
@@ -124,14 +125,14 @@ func (a *Agent) Status() api.Status {
 		}
 	}
 	for _, p := range a.pools {
-		st.Pools = append(st.Pools, a.poolStatus(p))
+		st.Pools = append(st.Pools, a.poolStatus(p, infos))
 	}
 	st.Session, st.Validation = st.Pools[0].Session, st.Pools[0].Validation
 	return st
 }
 
 // poolStatus reports one pool's state.
-func (a *Agent) poolStatus(p *pool) api.PoolStatus {
+func (a *Agent) poolStatus(p *pool, infos []store.Info) api.PoolStatus {
 	ps := api.PoolStatus{
 		Name:        p.cfg.Name,
 		ClaimsOther: a.router.ClaimsOther(p.cfg.Name),
@@ -146,14 +147,12 @@ func (a *Agent) poolStatus(p *pool) api.PoolStatus {
 		ps.Validation.Generation = vs.Generation
 	}
 	// The session token's state is derived from the policy's memory and
-	// what the store shows now.
+	// what the store shows now, as the keeper sees it.
+	v := a.sessionView(p, infos)
+	shown := v.Shown
 	var exp int64
-	shown := false
-	for _, in := range a.store.Infos() {
-		if in.Name == p.cfg.SessionToken && !in.Hidden {
-			shown, exp = true, a.router.Effective(in.Token).Exp
-			break
-		}
+	if shown {
+		exp = v.Exp
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
