@@ -240,6 +240,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
 					if ev == verifydFirst || ev == verifydBack {
 						p.noSlots.Store(false) // it may have been upgraded
+						p.verifyd.check.Upgraded()
 					}
 					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
 						a.recheck.Store(true) // kept tokens too: their pool may have changed

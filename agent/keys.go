@@ -22,8 +22,9 @@ func keyCheckers(v config.Validate, log *slog.Logger) ([]validate.KeyChecker, *v
 	var keys *validate.Keys
 	if v.Verifyd != "" {
 		c := verifyapi.NewClient(v.Verifyd)
-		checks = append(checks, validate.Verifyd{Client: c})
-		watch = &verifydWatch{client: c, log: log}
+		check := &validate.Verifyd{Client: c}
+		checks = append(checks, check)
+		watch = &verifydWatch{client: c, check: check, log: log}
 	}
 	if v.KeyDir != "" {
 		keys = &validate.Keys{Dir: token.KeyDir{Dir: v.KeyDir, PoolFile: v.PoolKey, WantUID: -1}}
@@ -45,6 +46,7 @@ type verifydState struct {
 // verifydWatch follows verifyd's change stream.
 type verifydWatch struct {
 	client *verifyapi.Client
+	check  *validate.Verifyd
 	log    *slog.Logger
 
 	mu sync.Mutex // guards up and st

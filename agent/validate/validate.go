@@ -46,6 +46,27 @@ type KeyChecker interface {
 	CheckKey(ctx context.Context, raw []byte, t *token.Token) (token.Reason, error)
 }
 
+// BatchKeyChecker is a KeyChecker that can judge many tokens at once
+// (verifyd, in one request).
+type BatchKeyChecker interface {
+	KeyChecker
+	// CheckKeys returns, for each token, a verdict or an error wrapping
+	// ErrCannotTell.
+	CheckKeys(ctx context.Context, raws [][]byte, ts []*token.Token) ([]token.Reason, []error)
+}
+
+// checkKeys runs k on every token: at once when it can.
+func checkKeys(ctx context.Context, k KeyChecker, raws [][]byte, ts []*token.Token) ([]token.Reason, []error) {
+	if b, ok := k.(BatchKeyChecker); ok {
+		return b.CheckKeys(ctx, raws, ts)
+	}
+	reasons, errs := make([]token.Reason, len(raws)), make([]error, len(raws))
+	for i := range raws {
+		reasons[i], errs[i] = k.CheckKey(ctx, raws[i], ts[i])
+	}
+	return reasons, errs
+}
+
 // Verdict is the outcome of a full check.
 type Verdict struct {
 	Reason token.Reason
@@ -89,19 +110,45 @@ func (c *Checker) Effective(t token.Token) token.Token { return t.Effective(c.ma
 
 // Check runs Quick, then the first key check that can tell.
 func (c *Checker) Check(ctx context.Context, raw []byte, t *token.Token) Verdict {
-	if r := c.Quick(t); r != token.Valid {
-		return Verdict{Reason: r, By: ByClaims, Pool: c.Pool}
+	return c.CheckAll(ctx, [][]byte{raw}, []*token.Token{t})[0]
+}
+
+// CheckAll is Check on every token, each key check made once for all the
+// tokens still undecided (BatchKeyChecker).
+func (c *Checker) CheckAll(ctx context.Context, raws [][]byte, ts []*token.Token) []Verdict {
+	out := make([]Verdict, len(raws))
+	var todo []int // tokens for the next key check
+	for i, t := range ts {
+		if r := c.Quick(t); r != token.Valid {
+			out[i] = Verdict{Reason: r, By: ByClaims, Pool: c.Pool}
+			continue
+		}
+		out[i] = Verdict{Reason: token.Valid, By: KeyNone, Pool: c.Pool} // unless a key check tells
+		todo = append(todo, i)
 	}
 	for _, k := range c.Keys {
-		r, err := k.CheckKey(ctx, raw, t)
-		if err == nil {
-			return Verdict{Reason: r, By: k.Name(), Pool: c.Pool}
+		if len(todo) == 0 {
+			break
 		}
-		if c.Log != nil {
-			c.Log.Debug("key check could not tell; trying the next", "check", k.Name(), "pool", c.Pool, "token", t, "err", err)
+		kr, kt := make([][]byte, len(todo)), make([]*token.Token, len(todo))
+		for j, i := range todo {
+			kr[j], kt[j] = raws[i], ts[i]
 		}
+		reasons, errs := checkKeys(ctx, k, kr, kt)
+		next := todo[:0]
+		for j, i := range todo {
+			if errs[j] == nil {
+				out[i] = Verdict{Reason: reasons[j], By: k.Name(), Pool: c.Pool}
+				continue
+			}
+			if c.Log != nil {
+				c.Log.Debug("key check could not tell; trying the next", "check", k.Name(), "pool", c.Pool, "token", ts[i], "err", errs[j])
+			}
+			next = append(next, i)
+		}
+		todo = next
 	}
-	return Verdict{Reason: token.Valid, By: KeyNone, Pool: c.Pool}
+	return out
 }
 
 func (c *Checker) maxAge() time.Duration {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"slices"
@@ -166,10 +167,16 @@ func (b *bench) fleetPhase() error {
 func (b *bench) fleetRotation(agents []*agent, hs []*home) error {
 	const section = secRotation
 	n := len(agents)
+	cpu0 := cpuOf(agents)
 	at, _, err := b.rotate(hs)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		used := cpuOf(agents) - cpu0
+		b.note("fleet rotation: the agents used %s of CPU time (user and system) from the key change until all were fresh, %s each",
+			dur(used), dur(used/time.Duration(n)))
+	}()
 	var fetched, starts []time.Time
 	var hidden []time.Duration
 	for _, a := range agents {
@@ -242,4 +249,24 @@ func fetchStart(log string, ft time.Time) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+// cpuOf sums the agents' CPU time, user and system (/proc/PID/stat,
+// utime and stime, in clock ticks of 10 ms).
+func cpuOf(agents []*agent) time.Duration {
+	var t time.Duration
+	for _, a := range agents {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.p.Pid()))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.Atoi(f[11])
+		s, _ := strconv.Atoi(f[12])
+		t += time.Duration(u+s) * 10 * time.Millisecond
+	}
+	return t
 }
