@@ -237,16 +237,7 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 	for _, p := range a.pools {
 		if p.verifyd != nil {
 			wg.Go(func() {
-				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) {
-					if ev == verifydFirst || ev == verifydBack {
-						p.noSlots.Store(false) // it may have been upgraded
-						p.verifyd.check.Upgraded()
-					}
-					if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
-						a.recheck.Store(true) // kept tokens too: their pool may have changed
-					}
-					a.onRotation(p, ev == verifydRotated, ev == verifydRotated || ev == verifydBack)
-				})
+				p.verifyd.follow(ctx, func(st verifydState, ev verifydEvent) { a.onVerifyd(p, st, ev) })
 			})
 		}
 		if p.keys != nil {
@@ -278,6 +269,19 @@ func (a *Agent) run(ctx context.Context, ready func()) (err error) {
 		}
 	}
 	return gone
+}
+
+// onVerifyd takes what p's verifyd said (verifydWatch.follow).
+func (a *Agent) onVerifyd(p *pool, st verifydState, ev verifydEvent) {
+	if ev == verifydFirst || ev == verifydBack {
+		// It may have been upgraded: try its newer requests again.
+		p.noSlots.Store(false)
+		p.verifyd.check.Upgraded()
+	}
+	if a.learn(p, st.TrustDomain, st.TokenMaxAge) {
+		a.recheck.Store(true) // kept tokens too: their pool may have changed
+	}
+	a.onRotation(p, ev == verifydRotated, ev == verifydRotated || ev == verifydBack)
 }
 
 // Logout ends the agent: wipe, unmount, exit.

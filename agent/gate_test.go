@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,8 +27,9 @@ import (
 
 // fakeGates records the gates the agent closes.
 type fakeGates struct {
-	mu    sync.Mutex
-	gates []*fakeGate
+	mu     sync.Mutex
+	gates  []*fakeGate
+	opened atomic.Int32 // OpenGates calls
 }
 
 type fakeGate struct {
@@ -46,7 +50,7 @@ func (f *fakeGates) CloseGate(names []string, wait time.Duration) gate {
 	return g
 }
 
-func (f *fakeGates) OpenGates() {}
+func (f *fakeGates) OpenGates() { f.opened.Add(1) }
 
 func (f *fakeGates) all() []*fakeGate {
 	f.mu.Lock()
@@ -307,7 +311,7 @@ func TestSlotsUnsupported(t *testing.T) {
 	a.gates = fg
 	slots := &fakeSlots{err: &verifyapi.ServerError{Status: 404, Code: "not-found"}}
 	p.slots = slots
-	p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}}
+	p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}, check: &validate.Verifyd{}}
 	runKeeper(t, a)
 
 	f.next(t).answer <- nil
@@ -328,5 +332,31 @@ func TestSlotsUnsupported(t *testing.T) {
 		if asks := slots.asked(); len(asks) != 1 || !p.noSlots.Load() {
 			t.Fatalf("after key change %d: slots asked %v, noSlots %v; want one ask, then none", i+1, asks, p.noSlots.Load())
 		}
+	}
+	// verifyd comes back after being away, maybe upgraded: it is asked
+	// for slots again.
+	a.onVerifyd(p, verifydState{Generation: 1}, verifydBack)
+	if p.noSlots.Load() {
+		t.Fatal("verifyd came back, and the agent still takes it for one without slots")
+	}
+}
+
+// A wipe opens every gate before the tokens go: no tool stays parked
+// waiting for a token that will not come.
+func TestWipeOpensGates(t *testing.T) {
+	a := newTestAgent(t, &staleKey{stale: map[string]bool{}}, nil)
+	fg := &fakeGates{}
+	a.gates = fg
+	putToken(t, a, "a")
+	w := httptest.NewRecorder()
+	a.handleWipe(w, httptest.NewRequest(http.MethodPost, "/v1/wipe", strings.NewReader(`{}`)))
+	if w.Code != http.StatusNoContent {
+		t.Fatalf("wipe: %d %s", w.Code, w.Body)
+	}
+	if n := fg.opened.Load(); n != 1 {
+		t.Fatalf("the wipe opened the gates %d times, want once", n)
+	}
+	if a.store.Has("a") {
+		t.Fatal("the wipe left a token")
 	}
 }
