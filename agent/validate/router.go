@@ -106,11 +106,7 @@ func (r *Router) Quick(t *token.Token) token.Reason { return r.checker(t).Quick(
 // only the claims checks, and they decide: no key check speaks for its
 // issuer, so the tools may use it wherever its key is known.
 func (r *Router) Check(ctx context.Context, raw []byte, t *token.Token) Verdict {
-	c := r.PoolOf(t.Iss)
-	if c == nil {
-		return Verdict{Reason: r.noPool.Quick(t), By: ByClaims}
-	}
-	return c.Check(ctx, raw, t)
+	return r.CheckAll(ctx, [][]byte{raw}, []*token.Token{t})[0]
 }
 
 // CheckAll is Check on every token, the tokens of each pool checked
@@ -126,11 +122,7 @@ func (r *Router) CheckAll(ctx context.Context, raws [][]byte, ts []*token.Token)
 		}
 	}
 	for c, idx := range byPool {
-		pr, pt := make([][]byte, len(idx)), make([]*token.Token, len(idx))
-		for j, i := range idx {
-			pr[j], pt[j] = raws[i], ts[i]
-		}
-		for j, v := range c.CheckAll(ctx, pr, pt) {
+		for j, v := range c.CheckAll(ctx, pick(raws, idx), pick(ts, idx)) {
 			out[idx[j]] = v
 		}
 	}

@@ -130,11 +130,7 @@ func (c *Checker) CheckAll(ctx context.Context, raws [][]byte, ts []*token.Token
 		if len(todo) == 0 {
 			break
 		}
-		kr, kt := make([][]byte, len(todo)), make([]*token.Token, len(todo))
-		for j, i := range todo {
-			kr[j], kt[j] = raws[i], ts[i]
-		}
-		reasons, errs := checkKeys(ctx, k, kr, kt)
+		reasons, errs := checkKeys(ctx, k, pick(raws, todo), pick(ts, todo))
 		next := todo[:0]
 		for j, i := range todo {
 			if errs[j] == nil {
@@ -147,6 +143,15 @@ func (c *Checker) CheckAll(ctx context.Context, raws [][]byte, ts []*token.Token
 			next = append(next, i)
 		}
 		todo = next
+	}
+	return out
+}
+
+// pick returns the elements of s at the indices idx, in that order.
+func pick[T any](s []T, idx []int) []T {
+	out := make([]T, len(idx))
+	for j, i := range idx {
+		out[j] = s[i]
 	}
 	return out
 }
