@@ -180,14 +180,21 @@ func runKeeper(t *testing.T, a *Agent) {
 // waitSession waits until the store shows the session token of sub.
 func waitSession(t *testing.T, a *Agent, sub string) {
 	t.Helper()
-	name := a.pools[0].cfg.SessionToken
+	p := a.pools[0]
 	testenv.Eventually(t, 10*time.Second, "the session token of "+sub+" to be shown", func() bool {
 		for _, in := range a.store.Infos() {
-			if in.Name == name && !in.Hidden && in.Token.Sub == sub {
+			if in.Name == p.cfg.SessionToken && !in.Hidden && in.Token.Sub == sub {
 				return true
 			}
 		}
 		return false
+	})
+	// And a pass has seen it usable: only then does a key change count
+	// as one that made it unusable.
+	testenv.Eventually(t, 10*time.Second, "the keeper to see the session token of "+sub, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return p.session.usable && !p.session.fetching
 	})
 }
 
