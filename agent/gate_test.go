@@ -139,14 +139,14 @@ type fakeSlots struct {
 	asks []slotAsk     // Gen: verifyd's generation
 }
 
-func (s *fakeSlots) RefetchSlot(_ context.Context, gen uint64, urgent bool) (time.Time, error) {
+func (s *fakeSlots) RefetchSlot(_ context.Context, req verifyapi.RefetchSlotRequest) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.asks = append(s.asks, slotAsk{gen, urgent})
+	s.asks = append(s.asks, slotAsk{Gen: req.Generation, Urgent: req.Urgent, Missed: req.Missed})
 	if s.err != nil {
 		return time.Time{}, s.err
 	}
-	if urgent {
+	if req.Urgent {
 		return time.Now(), nil
 	}
 	return time.Now().Add(s.in), nil
@@ -278,7 +278,7 @@ func TestSlots(t *testing.T) {
 	asked := time.Now()
 	a.onRotation(p, true, true)
 	c := f.next(t)
-	if asks := slots.asked(); !slices.Equal(asks, []slotAsk{{7, false}}) {
+	if asks := slots.asked(); !slices.Equal(asks, []slotAsk{{Gen: 7}}) {
 		t.Fatalf("slots asked %v, want one, not urgent, in verifyd's generation 7", asks)
 	}
 	if c.at.Before(asked.Add(slots.in)) {
@@ -301,7 +301,7 @@ func TestSlots(t *testing.T) {
 	f.next(t).answer <- nil
 	waitSession(t, a, "u3@example.org")
 	// (The two asks of generation 8 run in parallel: either may come first.)
-	if asks := slots.asked(); len(asks) != 3 || !slices.Contains(asks[1:], slotAsk{8, false}) || !slices.Contains(asks[1:], slotAsk{8, true}) {
+	if asks := slots.asked(); len(asks) != 3 || !slices.Contains(asks[1:], slotAsk{Gen: 8, Urgent: false}) || !slices.Contains(asks[1:], slotAsk{Gen: 8, Urgent: true}) {
 		t.Fatalf("slots asked %v, want generation 8 asked, then again, urgent", asks)
 	}
 }

@@ -29,6 +29,10 @@ const (
 	rotationJitter = 3 * time.Second
 	// maxSlotWait bounds how far off a slot verifyd grants is taken.
 	maxSlotWait = time.Minute
+	// slotLate: a pass this long after the agent's slot asks for a new
+	// one (missedSlot). Above what a pass takes on an idle host, below a
+	// slot's width at the default rate (10 ms).
+	slotLate = 2 * time.Millisecond
 )
 
 // session is what the agent remembers of a pool's session token. Guarded
@@ -66,10 +70,12 @@ type session struct {
 	// keyFetch: the planned fetch is that refetch; while a fetch runs, a
 	// key change came after it started and the refetch is still owed.
 	keyFetch   bool
-	slotGen    uint64 // the generation the last slot was asked in; 0: none
-	slotWait   bool   // an answer is awaited; no fetch before it
-	slotUrgent bool   // the last ask was urgent
-	gated      bool   // the gate is closed
+	slotGen    uint64    // the generation the last slot was asked in; 0: none
+	slotWait   bool      // an answer is awaited; no fetch before it
+	slotUrgent bool      // the last ask was urgent
+	slotAt     time.Time // the slot next was planned at; zero: not a slot
+	slotMissed bool      // asked again for a slot the pass came too late for
+	gated      bool      // the gate is closed
 }
 
 // sessionView is the pool's session token as one pass finds it in the store.
@@ -91,6 +97,7 @@ type fetchResult struct {
 type slotAsk struct {
 	Gen    uint64
 	Urgent bool
+	Missed bool // the pass came too late for the slot granted: a new one
 }
 
 // slotAnswer is verifyd's answer to a slotAsk.
@@ -212,7 +219,7 @@ func (pol *policy) decide(s session, in policyIn) (session, decision) {
 	s.seen, s.usable, s.lost = v.Shown, usable, keyLost
 	s.passGen = gen
 
-	if !s.fetching && !s.removed && !s.next.IsZero() && !in.Now.Before(s.next) {
+	if !s.fetching && !s.removed && !s.next.IsZero() && !in.Now.Before(s.next) && !pol.missedSlot(&s, in, &d) {
 		s.fetching, d.Fetch = true, true
 		s.keyFetch, s.slotWait = false, false
 	}
@@ -370,8 +377,26 @@ func (pol *policy) keyPlan(s *session, in policyIn, d *decision) {
 
 // ask asks for a slot in this generation; urgent when a tool waits.
 func (pol *policy) ask(s *session, in policyIn, d *decision) {
+	if s.slotGen != in.Epoch+1 {
+		s.slotMissed = false
+	}
 	s.slotGen, s.slotWait, s.slotUrgent = in.Epoch+1, true, in.ToolWaiting
 	d.Ask = &slotAsk{Gen: s.slotGen, Urgent: s.slotUrgent}
+}
+
+// missedSlot asks for a new slot instead of fetching when the pass comes
+// more than slotLate after the slot verifyd granted (the host kept the
+// agent busy): starting late, the fetch would start next to the slots
+// after it, above the host's rate. verifyd gives a new slot, or the same
+// one when the agent is less than a tick late; once per generation, then
+// the agent goes whatever the time.
+func (pol *policy) missedSlot(s *session, in policyIn, d *decision) bool {
+	if !s.keyFetch || !in.Slots || s.slotAt.IsZero() || s.slotMissed || d.Ask != nil || in.Now.Sub(s.slotAt) <= slotLate {
+		return false
+	}
+	s.slotMissed, s.slotWait, s.next = true, true, time.Time{}
+	d.Ask = &slotAsk{Gen: s.slotGen, Urgent: s.slotUrgent, Missed: true}
+	return true
 }
 
 // pace keeps a planned key-change refetch on its slot: it takes verifyd's
@@ -400,7 +425,7 @@ func (pol *policy) pace(s *session, in policyIn, d *decision) {
 			at = earliest(a.At, in.Now.Add(maxSlotWait))
 		}
 		if s.next.IsZero() || at.Before(s.next) {
-			s.next = at
+			s.next, s.slotAt = at, a.At // a.At is zero for no slot
 		}
 	}
 	switch {

@@ -11,7 +11,7 @@ import (
 // slotter grants refetch slots (verifyapi.Client): verifyd paces the
 // refetches of every agent of the host after a key change.
 type slotter interface {
-	RefetchSlot(ctx context.Context, generation uint64, urgent bool) (time.Time, error)
+	RefetchSlot(ctx context.Context, req verifyapi.RefetchSlotRequest) (time.Time, error)
 }
 
 // slotAskTimeout bounds the wait for verifyd's answer; past it the refetch
@@ -33,11 +33,11 @@ func (p *pool) slotsUp() bool {
 func (a *Agent) askSlot(ctx context.Context, p *pool, ask slotAsk) {
 	_, st := p.verifyd.state()
 	c, cancel := context.WithTimeout(ctx, slotAskTimeout)
-	at, err := p.slots.RefetchSlot(c, st.Generation, ask.Urgent)
+	at, err := p.slots.RefetchSlot(c, verifyapi.RefetchSlotRequest{Generation: st.Generation, Urgent: ask.Urgent, Missed: ask.Missed})
 	cancel()
 	switch {
 	case err == nil:
-		a.log.Info("verifyd granted a refetch slot", "pool", p.cfg.Name, "generation", st.Generation, "urgent", ask.Urgent,
+		a.log.Info("verifyd granted a refetch slot", "pool", p.cfg.Name, "generation", st.Generation, "urgent", ask.Urgent, "missed", ask.Missed,
 			"in", max(time.Until(at), 0).Round(time.Millisecond))
 	case ctx.Err() != nil:
 		return

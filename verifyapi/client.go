@@ -145,8 +145,8 @@ func (c *Client) WaitChange(ctx context.Context, after uint64) (uint64, error) {
 // its fetch with its own bounded random jitter, as without verifyd; so
 // does a caller that finds the slot further away than it is willing to
 // wait.
-func (c *Client) RefetchSlot(ctx context.Context, generation uint64, urgent bool) (time.Time, error) {
-	body, _ := json.Marshal(RefetchSlotRequest{Generation: generation, Urgent: urgent}) // cannot fail
+func (c *Client) RefetchSlot(ctx context.Context, req RefetchSlotRequest) (time.Time, error) {
+	body, _ := json.Marshal(req) // cannot fail
 	var resp RefetchSlotResponse
 	if err := c.do(ctx, RequestTimeout, http.MethodPost, PathRefetchSlot, body, &resp); err != nil {
 		return time.Time{}, err

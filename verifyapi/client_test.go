@@ -90,13 +90,13 @@ func TestClientRefetchSlot(t *testing.T) {
 	c := NewClient(sock)
 	defer c.Close()
 	ctx := context.Background()
-	if at, err := c.RefetchSlot(ctx, 3, true); err != nil || !at.Equal(slot) {
+	if at, err := c.RefetchSlot(ctx, RefetchSlotRequest{Generation: 3, Urgent: true}); err != nil || !at.Equal(slot) {
 		t.Fatalf("RefetchSlot: %v, %v; want %v", at, err, slot)
 	}
-	if at, err := c.RefetchSlot(ctx, 4, false); !at.IsZero() || !isUnavailable(err) || !strings.Contains(err.Error(), "no not_before") {
+	if at, err := c.RefetchSlot(ctx, RefetchSlotRequest{Generation: 4}); !at.IsZero() || !isUnavailable(err) || !strings.Contains(err.Error(), "no not_before") {
 		t.Fatalf("an answer without not_before: %v, %v", at, err)
 	}
-	at, err := c.RefetchSlot(ctx, 5, false)
+	at, err := c.RefetchSlot(ctx, RefetchSlotRequest{Generation: 5})
 	if !at.IsZero() || !errors.Is(err, ErrWrongGeneration) || isUnavailable(err) || errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "verifyd's is 3") {
 		t.Fatalf("409: %v, %v", at, err)
 	}

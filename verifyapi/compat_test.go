@@ -110,7 +110,7 @@ func TestOldVerifyd(t *testing.T) {
 	// Refetch slots came later: the old verifyd's 404 is ErrUnsupported,
 	// which callers take as "use jitter", never as a slot or a wrong
 	// generation.
-	at, err := c.RefetchSlot(ctx, old.Generation(), true)
+	at, err := c.RefetchSlot(ctx, RefetchSlotRequest{Generation: old.Generation(), Urgent: true})
 	if !at.IsZero() || !errors.As(err, &se) || se.Status != http.StatusNotFound || !errors.Is(err, ErrUnsupported) ||
 		errors.Is(err, ErrWrongGeneration) || errors.Is(err, ErrRateLimited) {
 		t.Fatalf("RefetchSlot against the old verifyd: %v, %v; want ErrUnsupported", at, err)

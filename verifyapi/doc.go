@@ -18,7 +18,7 @@
 //	POST /v1/verify-batch {"tokens": ["<jwt>", ...]} (1 to 64 tokens, at most 128 KiB)
 //	                     -> 200 {"generation": N, "trust_domain": TD, "token_max_age": S,
 //	                             "verdicts": [{"reason": R, "cannot_tell": C, "unavailable": MSG}, ...]}
-//	POST /v1/refetch-slot {"generation": N, "urgent": false} (at most 1 KiB)
+//	POST /v1/refetch-slot {"generation": N, "urgent": false, "missed": false} (at most 1 KiB)
 //	                     -> 200 {"not_before": "2025-03-01T12:00:00.01Z"}
 //	                     or 409 wrong-generation: N is not verifyd's current generation
 //
@@ -41,7 +41,9 @@
 // UTC with up to nanosecond digits (slots can be 10 µs apart). verifyd
 // keeps one schedule for the host at its refetch_rate, one slot per peer
 // uid and generation (see package verifyd); unknown request fields are
-// ignored.
+// ignored. "missed" (added later) says the agent could not start at the
+// slot it was given: more than a tick late, it gets a new one, once per
+// generation; a verifyd that does not know it returns the same slot.
 //
 // /v1/verify-batch came after refetch slots: the verdicts of /v1/verify on
 // several tokens, in order, under one generation, "unavailable" carrying

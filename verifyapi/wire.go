@@ -140,9 +140,16 @@ type BatchVerdict struct {
 // unusable asks when it may fetch a fresh one. Urgent says a tool is
 // waiting for that token. Unknown fields are ignored, so that later
 // releases may add some.
+//
+// Missed (added after slots first shipped) says the agent could not start
+// at the slot it was given, its host being busy: verifyd gives it a new
+// slot when it is more than a tick late, once per generation, else the
+// same one. A verifyd that does not know it returns the same slot, and
+// the agent goes.
 type RefetchSlotRequest struct {
 	Generation uint64 `json:"generation"`
 	Urgent     bool   `json:"urgent,omitempty"`
+	Missed     bool   `json:"missed,omitempty"`
 }
 
 // RefetchSlotResponse answers POST /v1/refetch-slot: the agent may start

@@ -31,19 +31,24 @@ func (s *Server) handleRefetchSlot(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Generation *uint64 `json:"generation"`
 		Urgent     *bool   `json:"urgent"`
+		Missed     *bool   `json:"missed"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil || req.Generation == nil || *req.Generation == 0 {
 		localapi.WriteError(w, http.StatusBadRequest, verifyapi.CodeBadRequest,
 			`want a JSON object {"generation": N, "urgent": false}, N the key generation of the check that found the session token unusable (1 or more)`)
 		return
 	}
-	gen, urgent := *req.Generation, req.Urgent != nil && *req.Urgent
+	gen, urgent, missed := *req.Generation, req.Urgent != nil && *req.Urgent, req.Missed != nil && *req.Missed
 	cur := s.Generation()
 	var at time.Time
 	err := ErrStaleGeneration
 	if gen == cur {
+		grant := s.slots.Grant
+		if missed {
+			grant = s.slots.Missed
+		}
 		s.slotMu.Lock()
-		at, err = s.slots.Grant(uid, gen, urgent, time.Now())
+		at, err = grant(uid, gen, urgent, time.Now())
 		s.slotMu.Unlock()
 	}
 	if err != nil { // a generation verifyd does not have yet, or any more
@@ -52,6 +57,6 @@ func (s *Server) handleRefetchSlot(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("refetch slot asked for key generation %d, but verifyd's is %d: check the session token again with generation %d and ask with it", gen, cur, cur))
 		return
 	}
-	s.log.Debug("refetch slot", "peer_uid", uid, "generation", gen, "urgent", urgent, "wait", time.Until(at).Round(time.Millisecond))
+	s.log.Debug("refetch slot", "peer_uid", uid, "generation", gen, "urgent", urgent, "missed", missed, "wait", time.Until(at).Round(time.Millisecond))
 	localapi.WriteJSON(w, http.StatusOK, verifyapi.RefetchSlotResponse{NotBefore: at.UTC()})
 }

@@ -33,7 +33,7 @@ func TestRefetchSlot(t *testing.T) {
 	g := ts.gen(t)
 
 	before := time.Now()
-	at, err := ts.client.RefetchSlot(ctx, g, false)
+	at, err := ts.client.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: g})
 	if err != nil {
 		t.Fatalf("RefetchSlot: %v", err)
 	}
@@ -41,17 +41,26 @@ func TestRefetchSlot(t *testing.T) {
 		t.Fatalf("a lone agent's slot is %v from the request; want at once", at.Sub(before))
 	}
 	for _, urgent := range []bool{false, true} {
-		if again, err := ts.client.RefetchSlot(ctx, g, urgent); err != nil || !again.Equal(at) {
+		if again, err := ts.client.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: g, Urgent: urgent}); err != nil || !again.Equal(at) {
 			t.Fatalf("asking again (urgent %v): %v, %v; want the same slot %v", urgent, again, err, at)
 		}
 	}
 	if !strings.Contains(ts.logs.String(), "refetch slot") {
 		t.Fatalf("no log line for the slot:\n%s", ts.logs)
 	}
+	// The agent could not start at it: more than a tick later, "missed"
+	// gets a new slot, not before the request.
+	testenv.Eventually(t, 10*time.Second, "two ticks to pass", func() bool { return time.Since(at) > 2*ts.slots.Tick() })
+	before = time.Now()
+	missed, err := ts.client.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: g, Missed: true})
+	if err != nil || missed.Before(before) {
+		t.Fatalf("a missed slot asked again: %v from the request, %v; want a new slot", missed.Sub(before), err)
+	}
+	at = missed
 
 	wrong := func(gen uint64) {
 		t.Helper()
-		_, err := ts.client.RefetchSlot(ctx, gen, true)
+		_, err := ts.client.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: gen, Urgent: true})
 		var se *verifyapi.ServerError
 		if !errors.As(err, &se) || se.Status != http.StatusConflict || se.Code != verifyapi.CodeWrongGeneration ||
 			!errors.Is(err, verifyapi.ErrWrongGeneration) || errors.Is(err, verifyapi.ErrUnavailable) || errors.Is(err, verifyapi.ErrUnsupported) {
@@ -68,7 +77,7 @@ func TestRefetchSlot(t *testing.T) {
 	writeKey(t, filepath.Join(f.dir, "NEW"), f.extra)
 	testenv.Eventually(t, 10*time.Second, "the generation to move", func() bool { return ts.Generation() == g+1 })
 	before = time.Now()
-	at2, err := ts.client.RefetchSlot(ctx, g+1, false)
+	at2, err := ts.client.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: g + 1})
 	if err != nil || at2.Before(before.Add(-time.Millisecond)) || at2.After(time.Now().Add(ts.slots.Tick())) {
 		t.Fatalf("RefetchSlot after the key change: %v from the request, %v; want at once", at2.Sub(before), err)
 	}

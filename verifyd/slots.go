@@ -53,6 +53,7 @@ type slot struct {
 	at     time.Time
 	tick   int64 // on the current grid while at is after now
 	urgent bool
+	missed bool // Missed gave it: it is not given again
 }
 
 // NewSchedule returns an empty schedule of rate slots per second. rate must
@@ -87,7 +88,8 @@ func (s *Schedule) Grant(uid uint32, gen uint64, urgent bool, now time.Time) (ti
 		clear(s.slots)
 	}
 	s.prune(now)
-	if sl, ok := s.slots[uid]; ok {
+	sl, ok := s.slots[uid]
+	if ok {
 		if !urgent || sl.urgent || !sl.at.After(now) {
 			return sl.at, nil
 		}
@@ -96,11 +98,34 @@ func (s *Schedule) Grant(uid uint32, gen uint64, urgent bool, now time.Time) (ti
 		// later.
 		s.release(sl.tick)
 	}
+	return s.give(uid, urgent, sl.missed, now), nil
+}
+
+// Missed is Grant for an agent that could not start at the slot it was
+// given (its host kept it busy): starting late, it would start next to the
+// slots after its own, above the rate. When it is more than a tick late,
+// it gets a new slot, the first free tick from now; its old tick stays
+// used. Otherwise, and for a slot Missed gave already, its slot is the
+// same. Without a slot in gen, it is Grant.
+func (s *Schedule) Missed(uid uint32, gen uint64, urgent bool, now time.Time) (time.Time, error) {
+	sl, ok := s.slots[uid]
+	if gen != s.gen || !ok {
+		return s.Grant(uid, gen, urgent, now)
+	}
+	if sl.missed || now.Sub(sl.at) <= s.tick {
+		return sl.at, nil
+	}
+	s.prune(now)
+	return s.give(uid, urgent || sl.urgent, true, now), nil
+}
+
+// give takes the first free tick from now for uid's slot.
+func (s *Schedule) give(uid uint32, urgent, missed bool, now time.Time) time.Time {
 	i := s.free(now, urgent)
 	s.take(i)
 	at := s.at(i)
-	s.slots[uid] = slot{at: at, tick: i, urgent: urgent}
-	return at, nil
+	s.slots[uid] = slot{at: at, tick: i, urgent: urgent, missed: missed}
+	return at
 }
 
 func (s *Schedule) at(i int64) time.Time { return s.anchor.Add(time.Duration(i) * s.tick) }

@@ -290,3 +290,48 @@ func TestScheduleTick(t *testing.T) {
 		}()
 	}
 }
+
+// An agent that could not start at its slot asks again (Missed): more than
+// a tick late, it gets the first free tick from now, behind the queue, and
+// its old tick stays used; within a tick, or a second time, it keeps its
+// slot. No window goes over the rate.
+func TestScheduleMissed(t *testing.T) {
+	s := NewSchedule(100)
+	var all []time.Time
+	for uid := range uint32(10) {
+		all = append(all, grant(t, s, uid, 1, false, t0)) // ticks 0-3, 5-8, 10, 11 (4 and 9 kept for urgent)
+	}
+	if last := all[9]; !last.Equal(t0.Add(ms(110))) {
+		t.Fatalf("the tenth ordinary slot is at %v, want 110ms", last.Sub(t0))
+	}
+	// uid 1 (tick 1, 10 ms) is 5 ms late: less than a tick, it goes.
+	if at, err := s.Missed(1, 1, false, t0.Add(ms(15))); err != nil || !at.Equal(all[1]) {
+		t.Fatalf("Missed less than a tick late: %v, %v; want its slot %v", at.Sub(t0), err, all[1].Sub(t0))
+	}
+	// uid 0 (tick 0) is 25 ms late: a new slot, the first free ordinary
+	// tick after the queue.
+	at, err := s.Missed(0, 1, false, t0.Add(ms(25)))
+	if err != nil || !at.Equal(t0.Add(ms(120))) {
+		t.Fatalf("Missed 25 ms late: %v, %v; want 120ms", at.Sub(t0), err)
+	}
+	all = append(all, at)
+	withinRate(t, all, 100)
+	// Asked again, late again: the same slot; no third one.
+	if again, err := s.Missed(0, 1, false, t0.Add(ms(200))); err != nil || !again.Equal(at) {
+		t.Fatalf("Missed a second time: %v, %v; want %v", again.Sub(t0), err, at.Sub(t0))
+	}
+	if again := grant(t, s, 0, 1, false, t0.Add(ms(30))); !again.Equal(at) {
+		t.Fatalf("Grant after Missed: %v, want %v", again.Sub(t0), at.Sub(t0))
+	}
+	// A newcomer queues behind the missed slot.
+	if next := grant(t, s, 50, 1, false, t0.Add(ms(30))); !next.Equal(t0.Add(ms(130))) {
+		t.Fatalf("a newcomer after the missed slot: %v, want 130ms", next.Sub(t0))
+	}
+	// Missed without a slot is Grant; for an older generation, an error.
+	if at, err := s.Missed(60, 1, false, t0.Add(ms(30))); err != nil || !at.Equal(t0.Add(ms(150))) {
+		t.Fatalf("Missed without a slot: %v, %v; want a new one at 150ms (140 is kept for urgent)", at.Sub(t0), err)
+	}
+	if _, err := s.Missed(1, 0, false, t0.Add(ms(30))); !errors.Is(err, ErrStaleGeneration) {
+		t.Fatalf("Missed for an older generation: %v", err)
+	}
+}

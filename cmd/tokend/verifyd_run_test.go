@@ -72,7 +72,7 @@ func TestVerifydRun(t *testing.T) {
 	if err != nil || r.Reason != token.Valid || r.Generation != 1 || r.TrustDomain != "test.example" || r.CannotTell != "" {
 		t.Fatalf("Verify through runVerifyd: %+v, %v; want valid, for trust domain test.example", r, err)
 	}
-	if at, err := c.RefetchSlot(ctx, r.Generation, false); err != nil || time.Until(at) > time.Second {
+	if at, err := c.RefetchSlot(ctx, verifyapi.RefetchSlotRequest{Generation: r.Generation}); err != nil || time.Until(at) > time.Second {
 		t.Fatalf("RefetchSlot through runVerifyd: %v, %v; want a slot at once", at, err)
 	}
 	cancel()
