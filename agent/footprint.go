@@ -11,21 +11,22 @@ import (
 
 // An access point runs one agent per logged-in user, hundreds of them, on
 // 32 to 128 cores. Two things keep each agent small there: GOMAXPROCS is
-// pinned to one (the runtime's per-P caches and go-fuse's idle readers grow
+// pinned low (the runtime's per-P caches and go-fuse's idle readers grow
 // with it: with GOMAXPROCS=64 an agent never used holds 3.5 MiB of private
-// memory instead of 1.7), and memory a burst of work took is given back once
+// memory instead of 1.8), and memory a burst of work took is given back once
 // the agent is idle again (left to itself, the Go runtime keeps free heap
 // pages up to about 110% of its heap goal, which is 4 MiB at least).
 
 // agentProcs is the agent's GOMAXPROCS unless the environment sets one. Its
-// work is small and mostly waiting (FUSE requests the kernel's caches miss,
-// token checks through verifyd, its socket); go-fuse keeps two idle readers
-// whatever it is. With a second P the runtime wakes a spare thread to spin
-// for work at each wake-up: at a key change, when every agent of the host
-// wakes at once, that spinning was most of their CPU time (100 agents on
-// two cores: 920 ms with two, 330 ms with one; `make bench`, fleet
-// rotation), and one P also leaves less memory behind a burst.
-const agentProcs = 1
+// work is small (FUSE requests the kernel's caches miss, token checks, its
+// socket); two let a request be served while the garbage collector or a
+// check runs, and are go-fuse's minimum of idle readers anyway. One was
+// tried: with a single request per token check it cut the CPU time of 100
+// agents at a key change by almost three (the second P's spinning thread),
+// but with the checks batched (validate.BatchKeyChecker) the difference is
+// small, and one P left more memory behind a burst (2.6 MiB instead of
+// 2.5 MiB in most runs of `make bench`, burst).
+const agentProcs = 2
 
 // PinProcs lowers GOMAXPROCS to agentProcs unless env, the value of the
 // GOMAXPROCS environment variable, is one the Go runtime honoured (an

@@ -144,7 +144,7 @@ func Mount(dir string, st *store.Store, opt Options) (*FS, error) {
 		// them all (16 parked plus normal traffic: 64 requests, 4.4 MiB),
 		// and would bound only a burst's peak, which goes back anyway.
 		// go-fuse keeps at most GOMAXPROCS (at least 2, at most 16)
-		// readers idle; the agent pins GOMAXPROCS to 1
+		// readers idle; the agent pins GOMAXPROCS to 2
 		// (agent.PinProcs). MaxBackground, the kernel's limit on
 		// read-ahead and other asynchronous requests, stays the
 		// kernel's 12: lookups and listings are synchronous and never

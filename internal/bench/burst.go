@@ -65,7 +65,7 @@ func (b *bench) burst() error {
 		"pages, one or more per token). Each burst writes its tokens with HTCondor's writer, spread evenly over its " +
 		"read sequences, which run on as many threads at once; the never-used agent started with the busy one and " +
 		"only fetched its session token. GOMAXPROCS=64 is set explicitly, as the Go runtime sets it by default on a " +
-		"64-core host; the agent pins it to 1 unless it is set")
+		"64-core host; the agent pins it to 2 unless it is set")
 	return nil
 }
 
