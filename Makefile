@@ -91,11 +91,20 @@ test: setup
 	@! grep -E ' fuse(\.tokend)? ' /proc/mounts | grep tokend || { echo "tests left a tokend mount behind" >&2; exit 1; }
 
 # Every fuzz target, one at a time (go test -fuzz takes one target per run).
+# A run that fails with a bare "context deadline exceeded" and no failing
+# input written is Go's fuzzing coordinator racing its own -fuzztime
+# deadline (golang/go#75804, fixed in Go 1.27), not a finding: it runs once
+# more, and fails for real the second time.
 fuzz:
 	@for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f"; \
-	    out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || { echo "$$out"; exit 1; }; \
+	    out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) && continue; \
+	    if echo "$$out" | grep -q '^    context deadline exceeded$$' && ! echo "$$out" | grep -q 'Failing input written'; then \
+	      echo "fuzz $$pkg $$f: the fuzzing coordinator's deadline race (golang/go#75804); once more"; \
+	      out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) && continue; \
+	    fi; \
+	    echo "$$out"; exit 1; \
 	  done; \
 	done
 
