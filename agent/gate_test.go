@@ -177,7 +177,29 @@ func runKeeper(t *testing.T, a *Agent) {
 	})
 }
 
-// waitSession waits until the store shows the session token of sub.
+// gatedAgent runs an agent with fake gates, and fake verifyd slots when
+// slots is not nil, and waits until its first session token (of
+// u1@example.org) is in and seen.
+func gatedAgent(t *testing.T, slots *fakeSlots) (*Agent, *staleKey, *stepFetcher, *fakeGates) {
+	t.Helper()
+	k := &staleKey{stale: map[string]bool{}}
+	f := &stepFetcher{calls: make(chan fetchCall)}
+	a := newTestAgent(t, k, f)
+	fg := &fakeGates{}
+	a.gates = fg
+	if slots != nil {
+		p := a.pools[0]
+		p.slots = slots
+		p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}, check: &validate.Verifyd{}}
+	}
+	runKeeper(t, a)
+	f.next(t).answer <- nil
+	waitSession(t, a, "u1@example.org")
+	return a, k, f, fg
+}
+
+// waitSession waits until the store shows the session token of sub and
+// the keeper has seen it.
 func waitSession(t *testing.T, a *Agent, sub string) {
 	t.Helper()
 	p := a.pools[0]
@@ -202,16 +224,8 @@ func waitSession(t *testing.T, a *Agent, sub string) {
 // waiting at it starts the fetch without the jitter; its end opens the
 // gate. A failed fetch opens it too, and its retries close none.
 func TestGateOncePerKeyChange(t *testing.T) {
-	k := &staleKey{stale: map[string]bool{}}
-	f := &stepFetcher{calls: make(chan fetchCall)}
-	a := newTestAgent(t, k, f)
+	a, k, f, fg := gatedAgent(t, nil)
 	p := a.pools[0]
-	fg := &fakeGates{}
-	a.gates = fg
-	runKeeper(t, a)
-
-	f.next(t).answer <- nil
-	waitSession(t, a, "u1@example.org")
 	if n := len(fg.all()); n != 0 {
 		t.Fatalf("%d gates closed for the first fetch, want none", n)
 	}
@@ -257,19 +271,9 @@ func TestGateOncePerKeyChange(t *testing.T) {
 // session token unusable, fetches no sooner than the slot, and asks again,
 // urgent, when a tool waits at the gate.
 func TestSlots(t *testing.T) {
-	k := &staleKey{stale: map[string]bool{}}
-	f := &stepFetcher{calls: make(chan fetchCall)}
-	a := newTestAgent(t, k, f)
-	p := a.pools[0]
-	fg := &fakeGates{}
-	a.gates = fg
 	slots := &fakeSlots{in: 300 * time.Millisecond}
-	p.slots = slots
-	p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}}
-	runKeeper(t, a)
-
-	f.next(t).answer <- nil
-	waitSession(t, a, "u1@example.org")
+	a, k, f, fg := gatedAgent(t, slots)
+	p := a.pools[0]
 	if asks := slots.asked(); len(asks) != 0 {
 		t.Fatalf("slots asked for the first fetch: %v, want none", asks)
 	}
@@ -310,19 +314,9 @@ func TestSlots(t *testing.T) {
 // to the jitter, which a waiting tool cuts short, and that verifyd is not
 // asked again.
 func TestSlotsUnsupported(t *testing.T) {
-	k := &staleKey{stale: map[string]bool{}}
-	f := &stepFetcher{calls: make(chan fetchCall)}
-	a := newTestAgent(t, k, f)
-	p := a.pools[0]
-	fg := &fakeGates{}
-	a.gates = fg
 	slots := &fakeSlots{err: &verifyapi.ServerError{Status: 404, Code: "not-found"}}
-	p.slots = slots
-	p.verifyd = &verifydWatch{up: true, st: verifydState{Generation: 7}, check: &validate.Verifyd{}}
-	runKeeper(t, a)
-
-	f.next(t).answer <- nil
-	waitSession(t, a, "u1@example.org")
+	a, k, f, fg := gatedAgent(t, slots)
+	p := a.pools[0]
 	for i, sub := range []string{"u1@example.org", "u2@example.org"} {
 		k.set(sub)
 		changed := time.Now()
